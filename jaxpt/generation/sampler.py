@@ -1,0 +1,135 @@
+"""The sampler: jit-compiled prefill plus a ``lax.while_loop`` decode over a preallocated KV cache.
+
+Prompts are left-padded so every row's last prompt token sits in the same slot; each decode step feeds one
+token per row at the next slot. Rows stop independently at EOS (later tokens are padding, excluded by the
+returned mask) and the loop ends when all rows are done or ``max_new_tokens`` is reached.
+
+Params are an argument of the jitted function, never captured: whatever weights the caller passes (e.g. the
+policy just updated by PPO/GRPO) are the ones sampled from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import Decoder, init_cache, positions_from_mask
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable those filters."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"invalid sampling config {self}")
+
+
+class Generation(NamedTuple):
+    tokens: Array  # [B, N] generated tokens (pad after EOS)
+    logprobs: Array  # [B, N] log p(token) under the temperature-scaled, unfiltered distribution
+    lengths: Array  # [B] generated tokens per row, EOS included
+    mask: Array  # [B, N] 1 on generated tokens, 0 after EOS
+
+
+def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
+    """Top-k then top-p (nucleus) filtering; removed entries become -inf. At least one token always stays.
+
+    Top-p keeps the smallest set of highest-probability tokens whose mass reaches ``top_p`` (ties at the
+    threshold are kept), as in Holtzman et al. 2020 and transformers' TopPLogitsWarper.
+    """
+    neg_inf = jnp.finfo(logits.dtype).min
+    if top_k:
+        kth = lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, neg_inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+        threshold = jnp.take_along_axis(sorted_logits, keep - 1, axis=-1)
+        logits = jnp.where(logits < threshold, neg_inf, logits)
+    return logits
+
+
+def sample_token(logits: Array, rng: Array, sampling: SamplingConfig) -> tuple[Array, Array]:
+    """One token per row and its log-prob under the temperature-scaled (unfiltered) distribution."""
+    logits = logits.astype(jnp.float32)
+    if sampling.temperature == 0:
+        token = jnp.argmax(logits, axis=-1)
+        return token, jax.nn.log_softmax(logits, axis=-1)[jnp.arange(logits.shape[0]), token]
+    logits = logits / sampling.temperature
+    token = jax.random.categorical(rng, filter_logits(logits, sampling.top_k, sampling.top_p), axis=-1)
+    return token, jax.nn.log_softmax(logits, axis=-1)[jnp.arange(logits.shape[0]), token]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def generate(
+    config: ModelConfig,
+    params: dict[str, Any],
+    prompt_tokens: Array,
+    prompt_mask: Array,
+    rng: Array,
+    sampling: SamplingConfig,
+) -> Generation:
+    """Samples up to ``sampling.max_new_tokens`` tokens for a left-padded prompt batch [B, P]."""
+    model = Decoder(config)
+    b, p = prompt_tokens.shape
+    n = sampling.max_new_tokens
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    positions = positions_from_mask(prompt_mask)
+    cache = init_cache(config, b, p + n)
+    logits, cache = model.apply({"params": params}, prompt_tokens, positions, prompt_mask, cache=cache, cache_index=0)
+    eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
+
+    def cond(state):
+        step, done = state[0], state[6]
+        return (step < n) & ~jnp.all(done)
+
+    def body(state):
+        step, last_logits, cache, pos, rng, out, done, lengths = state
+        rng, sub = jax.random.split(rng)
+        token, logp = sample_token(last_logits, sub, sampling)
+        token = jnp.where(done, sampling.pad_token_id, token).astype(jnp.int32)
+        logp = jnp.where(done, 0.0, logp)
+        tokens, logps = out
+        out = (
+            lax.dynamic_update_slice(tokens, token[:, None], (0, step)),
+            lax.dynamic_update_slice(logps, logp[:, None], (0, step)),
+        )
+        lengths = lengths + (~done).astype(jnp.int32)
+        segment = (~done).astype(jnp.int32)[:, None]
+        done = done | jnp.isin(token, eos)
+        logits, cache = model.apply(
+            {"params": params}, token[:, None], pos[:, None], segment, cache=cache, cache_index=p + step
+        )
+        return step + 1, logits[:, -1], cache, pos + 1, rng, out, done, lengths
+
+    state = (
+        jnp.int32(0),
+        logits[:, -1],
+        cache,
+        positions[:, -1] + 1,
+        rng,
+        (jnp.full((b, n), sampling.pad_token_id, jnp.int32), jnp.zeros((b, n), jnp.float32)),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.int32),
+    )
+    _, _, _, _, _, (tokens, logprobs), _, lengths = lax.while_loop(cond, body, state)
+    mask = (jnp.arange(n)[None, :] < lengths[:, None]).astype(jnp.int32)
+    return Generation(tokens, logprobs, lengths, mask)

@@ -1,0 +1,121 @@
+"""HF weight IO: sharded files, bf16, and clear errors for bad checkpoints."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import jax
+
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.hf import WeightsError, iter_safetensors, load_hf, save_hf, write_safetensors
+from tests.tiny_models import make_tiny_hf
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("llama"))
+    make_tiny_hf("llama", d)
+    return d
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_sharded_export_and_reload(llama_dir, tmp_path):
+    config, params = load_hf(llama_dir)
+    out = str(tmp_path / "sharded")
+    save_hf(config, params, out, max_shard_bytes=40_000)
+    index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+    assert len(set(index["weight_map"].values())) > 1
+    config2, params2 = load_hf(out)
+    jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+def test_bf16_roundtrip(llama_dir, tmp_path):
+    config, params = load_hf(llama_dir, param_dtype="bfloat16")
+    leaf = params["layers_0"]["attn"]["q"]["kernel"]
+    assert leaf.dtype == np.dtype("bfloat16")
+    out = str(tmp_path / "bf16")
+    save_hf(config, params, out)
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert str(model.dtype) == "torch.bfloat16"
+    _, params2 = load_hf(out)
+    jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+def test_export_refuses_to_overwrite(llama_dir, tmp_path):
+    config, params = load_hf(llama_dir)
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_hf(config, params, str(out))
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    with pytest.raises(ValueError, match="unsupported architecture: model_type='mamba'"):
+        load_hf(str(tmp_path))
+
+
+def test_unsupported_rope_type():
+    with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
+        ModelConfig.from_hf(
+            dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                 num_attention_heads=2, rope_scaling={"rope_type": "yarn", "factor": 2.0})
+        )
+
+
+def _rewrite(path, edit):
+    tensors = [(n, np.array(a)) for n, a in iter_safetensors(path)]
+    tensors = edit(tensors)
+    os.remove(path)
+    write_safetensors(path, [(n, a.shape, a.dtype, lambda a=a: a) for n, a in tensors])
+
+
+def test_missing_tensor(llama_dir, tmp_path):
+    d = _copy(llama_dir, tmp_path / "m")
+    _rewrite(os.path.join(d, "model.safetensors"), lambda ts: [t for t in ts if "layers.1.mlp.up_proj" not in t[0]])
+    with pytest.raises(WeightsError, match=r"missing tensors.*model.layers.1.mlp.up_proj.weight"):
+        load_hf(d)
+
+
+def test_unexpected_tensor(llama_dir, tmp_path):
+    d = _copy(llama_dir, tmp_path / "u")
+    _rewrite(os.path.join(d, "model.safetensors"), lambda ts: ts + [("model.extra.weight", np.zeros(3, np.float32))])
+    with pytest.raises(WeightsError, match=r"unexpected tensors.*model.extra.weight"):
+        load_hf(d)
+
+
+def test_wrong_shape(llama_dir, tmp_path):
+    d = _copy(llama_dir, tmp_path / "s")
+
+    def edit(ts):
+        return [(n, a[:-1] if n == "model.norm.weight" else a) for n, a in ts]
+
+    _rewrite(os.path.join(d, "model.safetensors"), edit)
+    with pytest.raises(WeightsError, match=r"model.norm.weight has shape \(63,\), expected \(64,\)"):
+        load_hf(d)
+
+
+def test_truncated_file(llama_dir, tmp_path):
+    d = _copy(llama_dir, tmp_path / "t")
+    path = os.path.join(d, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(WeightsError, match="truncated"):
+        load_hf(d)
+
+
+def test_no_weights(tmp_path, llama_dir):
+    shutil.copy(os.path.join(llama_dir, "config.json"), tmp_path)
+    with pytest.raises(WeightsError, match="no model.safetensors"):
+        load_hf(str(tmp_path))
