@@ -121,19 +121,22 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ attention
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention. q [B,T,H,D]; k, v [B,S,K,D]; mask [B,T,S] (True = attend).
+    """Grouped-query attention. q [B,T,H,D]; k, v head-major [B,K,S,D]; mask [B,T,S] (True = attend).
 
-    Scores and softmax are in float32; rows with nothing to attend to (padding queries) come out uniform
-    rather than NaN and are ignored downstream.
+    The query groups of a KV head are folded into one matmul row block, so both products are plain batched
+    matmuls over (batch, kv_head) with no transpose of the (possibly long) key/value cache. Scores and
+    softmax are in float32; rows with nothing to attend to (padding queries) come out uniform, not NaN.
     """
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    kv_heads, s = k.shape[1], k.shape[2]
+    g = h // kv_heads
+    q = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
+    scores = scores.reshape(b, kv_heads, g, t, s)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    return out.reshape(b, kv_heads, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 class Attention(nn.Module):
@@ -170,10 +173,11 @@ class Attention(nn.Module):
         k = _constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
         v = _constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major [B, K, T, D]
         new_cache = None
         if layer_cache is not None:
-            k = lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, cache_index, 0, 0))
-            v = lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, cache_index, 0, 0))
+            k = lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, cache_index, 0))
+            v = lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, 0, cache_index, 0))
             new_cache = {"k": k, "v": v}
             k, v = k.astype(c.dtype), v.astype(c.dtype)
         out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5)
@@ -336,9 +340,9 @@ class Decoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------- helpers
 def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> Cache:
-    """Preallocated KV cache: per layer [B, S, K, D] (stacked [L, ...] when layers are scanned)."""
+    """Preallocated KV cache: per layer head-major [B, K, S, D] (stacked [L, ...] when layers are scanned)."""
     dtype = dtype or config.dtype
-    shape = (batch, max_length, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_length, config.head_dim)
     if config.scan_layers:
         shape = (config.num_layers, *shape)
         layers: Any = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
