@@ -38,6 +38,7 @@ _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 # Buffers some checkpoints carry that are not parameters.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+_ARCH_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gpt2": "GPT2"}
 
 
 class WeightsError(ValueError):
@@ -205,18 +206,39 @@ def _gpt2_rules(c: ModelConfig) -> list[Rule]:
     return rules
 
 
-def weight_rules(config: ModelConfig) -> list[Rule]:
-    """The HF name map for ``config``'s architecture, on per-layer (unscanned) paths."""
-    return _gpt2_rules(config) if config.model_type == "gpt2" else _llama_rules(config)
+HEADS = ("lm", "score")
 
 
-def hf_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def weight_rules(config: ModelConfig, head: str = "lm") -> list[Rule]:
+    """The HF name map for ``config``'s architecture, on per-layer (unscanned) paths.
+
+    ``head="lm"``: ``*ForCausalLM``. ``head="score"``: ``*ForSequenceClassification`` with one label (reward
+    and value models): the decoder lives under ``decoder/`` and ``score.weight`` is the scalar head.
+    """
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}; expected one of {HEADS}")
+    rules = _gpt2_rules(config) if config.model_type == "gpt2" else _llama_rules(config)
+    if head == "lm":
+        return rules
+    rules = [
+        dataclasses.replace(r, ours=tuple(("decoder", *p) for p in r.ours))
+        for r in rules
+        if r.hf != ("lm_head.weight",)
+    ]
+    rules.append(Rule(("score.weight",), (("score", "kernel"),), *_linear((config.hidden_size,), (1,))))
+    return rules
+
+
+def hf_tensor_shapes(config: ModelConfig, head: str = "lm") -> dict[str, tuple[int, ...]]:
     """Expected HF tensor shapes, derived from our own parameter shapes through the name map."""
     from jaxpt.models.decoder import abstract_params
+    from jaxpt.models.reward import abstract_reward_params
 
-    ours = _flat(jax.tree.map(lambda x: x, _unbox(abstract_params(config.replace(scan_layers=False)))))
+    unscanned = config.replace(scan_layers=False)
+    abstract = abstract_params(unscanned) if head == "lm" else abstract_reward_params(unscanned)
+    ours = _flat(_unbox(abstract))
     shapes = {}
-    for rule in weight_rules(config):
+    for rule in weight_rules(config, head):
         outs = jax.eval_shape(lambda *a, r=rule: r.to_hf(jnp, *a), *[ours[p] for p in rule.ours])
         shapes.update({n: tuple(o.shape) for n, o in zip(rule.hf, outs, strict=True)})
     return shapes
@@ -260,7 +282,7 @@ def _checkpoint_files(model_dir: str) -> list[str]:
 
 
 def _normalise_name(name: str, config: ModelConfig) -> str:
-    if config.model_type == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
+    if config.model_type == "gpt2" and not name.startswith(("transformer.", "lm_head.", "score.")):
         return "transformer." + name  # GPT2Model (no LM head) checkpoints
     return name
 
@@ -270,19 +292,22 @@ def load_hf(
     *,
     param_dtype: str | None = None,
     shardings: Any = None,
+    head: str = "lm",
     **config_overrides: Any,
 ) -> tuple[ModelConfig, dict[str, Any]]:
     """Loads a HF causal-LM directory (config.json + safetensors) as ``(ModelConfig, params)``.
 
     Tensors are converted one at a time; with ``shardings`` (a tree of ``jax.sharding.Sharding`` matching the
     params) each leaf goes straight to its devices, so the host never holds the whole model.
+    ``head="score"`` reads a ``*ForSequenceClassification`` reward model (see ``weight_rules``).
     """
     if param_dtype is not None:
         config_overrides["param_dtype"] = param_dtype
     config = ModelConfig.from_hf(model_dir, **config_overrides)
-    expected = hf_tensor_shapes(config)
+    expected = hf_tensor_shapes(config, head)
+    rules = weight_rules(config, head)
     owner: dict[str, Rule] = {}
-    for rule in weight_rules(config):
+    for rule in rules:
         owner.update({n: rule for n in rule.hf})
 
     pending: dict[Rule, dict[str, np.ndarray]] = {}
@@ -317,7 +342,7 @@ def load_hf(
                 del pending[rule]
     if unexpected:
         raise WeightsError(f"unexpected tensors for {config.model_type}: {sorted(unexpected)[:10]}")
-    missing = sorted(set(owner) - {n for r in weight_rules(config) if r.ours[0] in flat_params for n in r.hf})
+    missing = sorted(set(owner) - {n for r in rules if r.ours[0] in flat_params for n in r.hf})
     if missing:
         raise WeightsError(f"missing tensors in {model_dir}: {missing[:10]}{' …' if len(missing) > 10 else ''}")
     params: dict[str, Any] = {}
@@ -330,14 +355,15 @@ def load_hf(
 
 def _scan_path(config: ModelConfig, path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
     """Maps a per-layer path to its scanned path (``layers``, leading layer axis) and layer index."""
-    if config.scan_layers and path[0].startswith("layers_"):
-        return ("layers", *path[1:]), int(path[0].split("_")[1])
+    for j, part in enumerate(path):
+        if config.scan_layers and part.startswith("layers_"):
+            return (*path[:j], "layers", *path[j + 1 :]), int(part.split("_")[1])
     return path, None
 
 
 def _stack_layers(config: ModelConfig, flat: dict[tuple[str, ...], Any]) -> None:
     grouped: dict[tuple[str, ...], list[Any]] = {}
-    for p in [p for p in flat if p[0].startswith("layers_")]:
+    for p in [p for p in flat if _scan_path(config, p)[1] is not None]:
         sp, i = _scan_path(config, p)
         grouped.setdefault(sp, [None] * config.num_layers)[i] = flat.pop(p)
     for sp, leaves in grouped.items():
@@ -353,11 +379,13 @@ def save_hf(
     dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
+    head: str = "lm",
 ) -> None:
     """Writes config.json, safetensors (sharded with an index above ``max_shard_bytes``) and tokenizer files.
 
     Works from any params we hold, sharded or not: each leaf is fetched to host on its own when its bytes are
     written. ``tokenizer`` is a tokenizer object or a directory whose tokenizer files are copied.
+    ``head="score"`` writes a ``*ForSequenceClassification`` (num_labels=1) reward model.
     """
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite (pass overwrite=True)")
@@ -365,7 +393,7 @@ def save_hf(
     out_dtype = np.dtype(jnp.dtype(dtype or config.param_dtype))
     flat = _flat(params)
     tensors = []
-    for rule in weight_rules(config):
+    for rule in weight_rules(config, head):
         leaves = []
         for p in rule.ours:
             sp, i = _scan_path(config, p)
@@ -406,6 +434,14 @@ def save_hf(
 
     hf = config.to_hf()
     hf["torch_dtype"] = hf["dtype"] = str(jnp.dtype(out_dtype).name)
+    if head == "score":
+        base = "GPT2" if config.model_type == "gpt2" else _ARCH_PREFIX[config.model_type]
+        hf["architectures"] = [f"{base}ForSequenceClassification"]
+        hf["num_labels"] = 1
+        hf.pop("id2label", None)
+        hf.pop("label2id", None)
+    else:
+        hf["architectures"] = [f"{_ARCH_PREFIX[config.model_type]}ForCausalLM"]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
     if tokenizer is not None:

@@ -1,0 +1,46 @@
+"""What an algorithm hands the shared training loop: its batches, its loss and its eval."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+
+from jaxpt.training.step import LossFn
+
+
+class DataIterator(Protocol):
+    def __iter__(self) -> Iterator[dict]: ...
+    def __next__(self) -> dict: ...
+    def get_state(self) -> dict: ...
+    def set_state(self, state: dict) -> None: ...
+
+
+@dataclasses.dataclass
+class AlgorithmParts:
+    """Everything algorithm-specific; the loop (``jaxpt/training/loop.py``) does the rest.
+
+    ``eval_fn(params, batch, frozen)`` returns per-batch *sums*; the loop adds them over the eval set and
+    ``summarize`` turns the totals into metrics (so means are exact, whatever the batch split).
+    ``abstract_params`` (boxed, with logical names) and ``init_params(shardings)`` let an algorithm add
+    parameters to the decoder's (e.g. a reward model's score head).
+    """
+
+    train_iter: DataIterator
+    eval_batches: list[dict]
+    loss_fn: LossFn
+    eval_fn: Callable[[Any, dict[str, jax.Array], Any], dict[str, jax.Array]]
+    summarize: Callable[[dict[str, float]], dict[str, float]]
+    abstract_params: Any
+    init_params: Callable[[Any], Any]
+    frozen: Callable[[Any], Any] | None = None  # params -> frozen inputs (e.g. a reference copy)
+    tokens_in_batch: Callable[[dict], int] | None = None
+    export: Callable[[Any, str], None] | None = None  # (params, out_dir) -> writes a HF checkpoint
+    after_eval: Callable[[Any], dict[str, float]] | None = None  # params -> extra eval metrics (e.g. sampling)
+    # Online algorithms (PPO, GRPO): ``rollout(params, frozen, loop_step) -> (minibatches, metrics)`` samples
+    # with the *current* params and returns the minibatches of this iteration's updates (one optimizer step
+    # each). Offline algorithms leave it None and the loop takes one batch per step from ``train_iter``.
+    rollout: Callable[[Any, Any, int], tuple[list[dict], dict[str, float]]] | None = None
+    updates_per_step: int = 1  # optimizer updates per loop step (for the LR schedule length)

@@ -1,0 +1,42 @@
+"""Build a model from a config section: a HF directory to start from, or a from-scratch HF-style config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import init_params
+from jaxpt.models.hf import load_hf
+
+RUN_OPTIONS = ("dtype", "param_dtype", "remat", "scan_layers")
+
+
+def model_config_from(cfg: ConfigDict, tokenizer: Any = None) -> ModelConfig:
+    """``cfg.path`` (HF dir) wins; otherwise ``cfg.scratch`` is a config.json-style dict for a new model."""
+    run = {k: cfg[k] for k in RUN_OPTIONS if k in cfg}
+    if cfg.get("path"):
+        return ModelConfig.from_hf(cfg.path, **run)
+    hf = dict(cfg.scratch)
+    if tokenizer is not None:
+        hf["vocab_size"] = len(tokenizer)
+        hf["bos_token_id"] = tokenizer.bos_token_id
+        hf["eos_token_id"] = tokenizer.eos_token_id
+        hf["pad_token_id"] = tokenizer.pad_token_id
+    return ModelConfig.from_hf(hf, **run)
+
+
+def model_params_from(cfg: ConfigDict, config: ModelConfig, shardings: Any, seed: int) -> Any:
+    """Params placed on ``shardings``: streamed from the HF checkpoint, or initialised in a sharded jit."""
+    if cfg.get("path"):
+        run = {k: cfg[k] for k in RUN_OPTIONS if k in cfg}
+        _, params = load_hf(cfg.path, shardings=shardings, **run)
+        return params
+    return jax.jit(lambda: init_params(config, jax.random.key(seed)), out_shardings=shardings)()
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
