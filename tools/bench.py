@@ -117,6 +117,21 @@ def case_generate(args) -> list[dict]:
 CASES: dict[str, Callable] = {"generate": case_generate}
 
 
+def _register_plugin_cases() -> None:
+    """Cases living beside this file (``tools/bench_*.py`` with a ``CASES`` dict) join the registry."""
+    import importlib.util
+    import pathlib
+
+    for path in sorted(pathlib.Path(__file__).parent.glob("bench_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        CASES.update(getattr(module, "CASES", {}))
+
+
+_register_plugin_cases()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="*", default=[], help=f"cases to run (default: all): {', '.join(CASES)}")
