@@ -1,0 +1,120 @@
+"""Language-model losses: token log-probs, entropy, masked means and (chunked) cross-entropy.
+
+All reductions happen in float32 whatever the dtype of the logits / hidden states. Targets are already shifted
+(``targets[b, t]`` is the token that follows ``inputs[b, t]``), see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def token_logprobs(logits: Array, targets: Array) -> Array:
+    """``log p(targets)`` per position, ``[B, T, V], [B, T] -> [B, T]`` in float32.
+
+    ``log softmax(z)_y = z_y - logsumexp(z)``, with ``z_y`` gathered (no one-hot over the vocabulary).
+    """
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - lse
+
+
+def token_entropy(logits: Array) -> Array:
+    """Entropy of the next-token distribution, ``H = logsumexp(z) - sum_v softmax(z)_v z_v``; ``[B, T]``."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return lse - jnp.sum(probs * logits, axis=-1)
+
+
+def masked_sum(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
+    """``sum(x * mask)``; positions where ``mask == 0`` never contribute (even if ``x`` is inf/nan there)."""
+    mask = jnp.asarray(mask, jnp.float32)
+    return jnp.sum(jnp.where(mask != 0, x, 0.0) * mask, axis=axis)
+
+
+def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None) -> Array:
+    """``sum(x * mask) / sum(mask)`` over ``axis``; 0 (not nan) where the mask sums to 0."""
+    mask = jnp.asarray(mask, jnp.float32)
+    num = masked_sum(x, mask, axis)
+    den = jnp.sum(mask, axis=axis)
+    return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
+
+
+def sequence_logprobs(logits: Array, targets: Array, loss_mask: Array) -> Array:
+    """Sum of masked token log-probs per row: ``log p(y | x) = sum_t m_t log p(y_t | ...)``, ``[B]``."""
+    return masked_sum(token_logprobs(logits, targets), loss_mask, axis=-1)
+
+
+def cross_entropy_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple[Array, dict[str, Array]]:
+    """Token-mean negative log-likelihood: ``sum(nll * m) / max(sum(m), 1)``.
+
+    Returns ``(loss, aux)``; ``aux`` holds ``nll_sum``, ``num_tokens`` (``sum(m)``) and ``correct`` (masked
+    count of ``argmax == target``), so gradient-accumulation code can re-normalise over micro-batches
+    (``nll_sum`` is differentiable).
+    """
+    mask = loss_mask.astype(jnp.float32)
+    nll = -token_logprobs(logits, targets)
+    nll_sum = masked_sum(nll, mask)
+    num_tokens = jnp.sum(mask)
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * mask)
+    loss = nll_sum / jnp.maximum(num_tokens, 1.0)
+    aux = {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": correct}
+    return loss, aux
+
+
+def chunked_cross_entropy(
+    hidden: Array,
+    head_kernel: Array,
+    targets: Array,
+    loss_mask: Array,
+    chunk_size: int,
+    head_bias: Array | None = None,
+    logit_softcap: float | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """``cross_entropy_loss(hidden @ head_kernel (+ bias), ...)`` without materialising ``[B*T, V]`` logits.
+
+    ``hidden [B, T, E]``, ``head_kernel [E, V]`` (for tied embeddings pass ``embedding.T``). Tokens are
+    flattened, right-padded (mask 0) to a multiple of ``chunk_size`` and mapped over with ``lax.map``; each
+    chunk is ``jax.checkpoint``-ed, so both the forward and the backward pass hold only one ``[chunk, V]``
+    block of logits (the backward recomputes it). Logits are accumulated in float32. ``logit_softcap`` applies
+    ``c * tanh(z / c)`` (Gemma-2 style) before the softmax. Same ``(loss, aux)`` as ``cross_entropy_loss``.
+    """
+    emb = hidden.shape[-1]
+    h = hidden.reshape(-1, emb)
+    t = targets.reshape(-1).astype(jnp.int32)
+    m = loss_mask.reshape(-1).astype(jnp.float32)
+    n = h.shape[0]
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        t = jnp.pad(t, (0, pad))
+        m = jnp.pad(m, (0, pad))
+    h = h.reshape(n_chunks, chunk_size, emb)
+    t = t.reshape(n_chunks, chunk_size)
+    m = m.reshape(n_chunks, chunk_size)
+
+    @jax.checkpoint
+    def chunk_stats(
+        kernel: Array, bias: Array | None, hc: Array, tc: Array, mc: Array
+    ) -> tuple[Array, Array]:
+        logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias.astype(jnp.float32)
+        if logit_softcap is not None:
+            logits = logit_softcap * jnp.tanh(logits / logit_softcap)
+        nll = -token_logprobs(logits, tc)
+        correct = jnp.sum((jnp.argmax(logits, axis=-1) == tc) * mc)
+        return masked_sum(nll, mc), correct
+
+    nll_sums, corrects = jax.lax.map(lambda xs: chunk_stats(head_kernel, head_bias, *xs), (h, t, m))
+    nll_sum = jnp.sum(nll_sums)
+    num_tokens = jnp.sum(m)
+    loss = nll_sum / jnp.maximum(num_tokens, 1.0)
+    aux = {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": jnp.sum(corrects)}
+    return loss, aux
