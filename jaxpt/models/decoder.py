@@ -139,23 +139,42 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, scale: floa
     return out.reshape(b, kv_heads, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
+class Projection(nn.Module):
+    """``x[..., *in] @ kernel[*in, *features] (+ bias)``: multi-dim projections with logical names per dim.
+
+    (flax's DenseGeneral initialises a flat kernel and reshapes it, which breaks logical-axis boxes under a
+    mesh; this keeps the kernel in its real shape from the start.)
+    """
+
+    features: tuple[int, ...]
+    in_dims: int
+    axes: tuple[str, ...]
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        shape = (*x.shape[x.ndim - self.in_dims :], *self.features)
+        kernel = self.param("kernel", _init(0.02, self.axes), shape, self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+        if self.use_bias:
+            bias = self.param("bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
-        std = 0.02
 
         def proj(name, heads, bias):
-            return nn.DenseGeneral(
-                features=(heads, c.head_dim),
-                use_bias=bias,
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                kernel_init=_init(std, ("embed", "heads" if name == "q" else "kv_heads", "head_dim")),
-                bias_init=_constant(0.0, ("heads" if name == "q" else "kv_heads", "head_dim")),
-                name=name,
+            head_axis = "heads" if name == "q" else "kv_heads"
+            return Projection(
+                (heads, c.head_dim), 1, ("embed", head_axis, "head_dim"), bias, c.dtype, c.param_dtype, name=name
             )(x)
 
         q = proj("q", c.num_heads, c.qkv_bias)
@@ -181,15 +200,8 @@ class Attention(nn.Module):
             new_cache = {"k": k, "v": v}
             k, v = k.astype(c.dtype), v.astype(c.dtype)
         out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5)
-        out = nn.DenseGeneral(
-            features=c.hidden_size,
-            axis=(-2, -1),
-            use_bias=c.o_bias,
-            dtype=c.dtype,
-            param_dtype=c.param_dtype,
-            kernel_init=_init(std, ("heads", "head_dim", "embed")),
-            bias_init=_constant(0.0, ("embed",)),
-            name="o",
+        out = Projection(
+            (c.hidden_size,), 2, ("heads", "head_dim", "embed"), c.o_bias, c.dtype, c.param_dtype, name="o"
         )(out)
         return out, new_cache
 

@@ -1,0 +1,90 @@
+"""Supervised fine-tuning: masked next-token cross-entropy, chunked over the vocabulary projection."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.data.sft import SFTDataIterator, build_sft_dataset, make_batch, pack_examples, unpacked_rows
+from jaxpt.losses.lm import chunked_cross_entropy
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
+from jaxpt.models.factory import model_params_from
+from jaxpt.models.hf import save_hf
+
+
+def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int):
+    """``(nll_sum, num_tokens, correct)`` of the batch's masked targets."""
+    hidden, _ = Decoder(config).apply(
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
+    )
+    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
+    loss, aux = chunked_cross_entropy(hidden, head_kernel(config, params), batch["targets"], mask, chunk_size)
+    num_tokens = aux["num_tokens"]
+    return loss * jnp.maximum(num_tokens, 1.0), num_tokens, aux["correct"]
+
+
+def make_loss_fn(config: ModelConfig, chunk_size: int):
+    def loss_fn(params, batch, rng, frozen):
+        nll_sum, num_tokens, correct = lm_loss(config, params, batch, chunk_size)
+        return nll_sum, num_tokens, {"token_accuracy": correct / jnp.maximum(num_tokens, 1.0)}
+
+    return loss_fn
+
+
+def make_eval_fn(config: ModelConfig, chunk_size: int):
+    def eval_fn(params, batch, frozen):
+        nll_sum, num_tokens, correct = lm_loss(config, params, batch, chunk_size)
+        return {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": correct}
+
+    return eval_fn
+
+
+def summarize(totals: dict[str, float]) -> dict[str, float]:
+    n = max(totals["num_tokens"], 1.0)
+    loss = totals["nll_sum"] / n
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": totals["correct"] / n}
+
+
+def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id: int) -> list[dict]:
+    """One pass over ``examples`` in order (for eval); the last batch is filled with empty rows."""
+    rows = pack_examples(examples, seq_len) if packing else unpacked_rows(examples)
+    rows += [[] for _ in range(-len(rows) % batch_size)]
+    return [make_batch(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
+
+
+def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    d = config.data
+    seq_len = d.seq_len
+    train = build_sft_dataset(d.train, tokenizer, seq_len, completion_only=d.completion_only)
+    train_iter = SFTDataIterator(
+        train, config.train.batch_size, seq_len, seed=config.seed, packing=d.packing, shuffle=True,
+        pad_id=tokenizer.pad_token_id,
+    )
+    eval_batches = []
+    if d.get("eval"):
+        examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=d.completion_only)
+        eval_batches = fixed_batches(examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id)
+    chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
+
+    def export(params, out_dir):
+        save_hf(model_config, jax.device_get(params), out_dir, tokenizer=tokenizer)
+
+    return AlgorithmParts(
+        train_iter=train_iter,
+        eval_batches=eval_batches,
+        loss_fn=make_loss_fn(model_config, chunk),
+        eval_fn=make_eval_fn(model_config, chunk),
+        summarize=summarize,
+        abstract_params=abstract_params(model_config),
+        init_params=lambda shardings: model_params_from(config.model, model_config, shardings, config.seed),
+        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        export=export,
+    )

@@ -1,0 +1,114 @@
+"""``jaxpt`` command line: train, convert, generate (and the data-generation / eval pillars as they land).
+
+    jaxpt train --config=configs/sft/quickstart.py --workdir=runs/q --config.optimizer.lr=3e-4
+    jaxpt convert --hf-dir=DIR --orbax-dir=OUT            # HF -> Orbax params
+    jaxpt convert --orbax-dir=DIR --hf-dir=OUT            # Orbax params (or a run's checkpoint) -> HF
+    jaxpt generate --model=DIR --prompt="1+2=" --chat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.config import parse_cli
+    from jaxpt.training.loop import train
+
+    config, unknown = parse_cli(rest)
+    if unknown:
+        raise SystemExit(f"jaxpt train: unrecognised arguments {unknown}")
+    train(config, args.workdir, resume=args.resume)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.models import orbax_io
+
+    if rest:
+        raise SystemExit(f"jaxpt convert: unrecognised arguments {rest}")
+    if args.direction == "hf-to-orbax":
+        orbax_io.hf_to_orbax(args.src, args.dst, scan_layers=args.scan_layers)
+    else:
+        orbax_io.orbax_to_hf(args.src, args.dst, step=args.step, dtype=args.dtype)
+    print(f"wrote {args.dst}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
+    import jax
+
+    from jaxpt.data.tokenizer import encode_prompts, load_tokenizer
+    from jaxpt.generation.sampler import SamplingConfig, generate
+    from jaxpt.models import orbax_io
+
+    if rest:
+        raise SystemExit(f"jaxpt generate: unrecognised arguments {rest}")
+    config, params, tok_dir = orbax_io.load_any(args.model)
+    tokenizer = load_tokenizer(tok_dir)
+    prompts = args.prompt
+    if args.chat:
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    enc = encode_prompts(tokenizer, prompts, max_length=args.max_prompt_length, chat=args.chat)
+    eos = tuple(sorted({*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}))
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_token_ids=eos,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    out = generate(config, params, enc["tokens"], enc["mask"], jax.random.key(args.seed), sampling)
+    tokens, lengths = jax.device_get((out.tokens, out.lengths))
+    for prompt, row, n in zip(args.prompt, tokens, lengths, strict=True):
+        text = tokenizer.decode(row[:n], skip_special_tokens=True)
+        print(json.dumps({"prompt": prompt, "completion": text, "num_tokens": int(n)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxpt", description="JAX-native LLM post-training")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with a config (sft, rm, dpo, …); --config.x.y=v overrides fields")
+    p.add_argument("--workdir", required=True, help="run directory (never silently overwritten)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("convert", help="convert between a Hugging Face directory and an Orbax checkpoint")
+    p.add_argument("direction", choices=["hf-to-orbax", "orbax-to-hf"])
+    p.add_argument("src", help="source directory (HF model dir; Orbax params dir or a run's workdir)")
+    p.add_argument("dst", help="destination directory (must not exist or be empty)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: latest)")
+    p.add_argument("--dtype", default=None, help="export dtype (default: the params' dtype)")
+    p.add_argument("--scan-layers", action="store_true", help="store layers stacked (for scanned models)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("generate", help="sample completions from a model directory")
+    p.add_argument("--model", required=True, help="HF model dir, Orbax params dir or a run's workdir")
+    p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-length", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    return args.func(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

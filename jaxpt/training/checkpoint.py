@@ -1,0 +1,239 @@
+"""Checkpoints of the train state plus the data iterator state, on top of ``orbax.checkpoint``.
+
+One step directory holds two items: ``state`` (any pytree of arrays: params, optimizer state, step, PRNG
+keys — saved sharded, restored onto whatever shardings the caller asks for, so a run can resume on a
+different mesh) and ``data`` (a small JSON dict: where the data iterator is). Saving them together is what
+makes resume exact: the model never sees a batch twice or skips one.
+
+Retention ("keep last K and best N"): a step directory is kept while it is among the ``keep`` most recent
+checkpoints **or** among the ``keep_best`` best by ``best_metric`` — Orbax's ``AnyPreservationPolicy`` of
+``LatestN`` and ``BestN``, in one directory. So at most ``keep + keep_best`` checkpoints exist; a
+checkpoint saved without that metric (e.g. not an eval step) is only kept while it is recent; the best ones
+survive any number of later saves, and ranks persist across restarts (Orbax stores the metrics per step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+__all__ = ["CheckpointError", "Checkpointer"]
+
+log = logging.getLogger(__name__)
+
+
+class _DropNoMetricsWarning(logging.Filter):
+    """Orbax warns on every save without metrics; here that is normal (only eval steps carry the metric)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in str(record.msg)
+
+
+logging.getLogger("absl").addFilter(_DropNoMetricsWarning())
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be restored (corrupt, partial, or a different state layout)."""
+
+
+def _to_float(name: str, value: Any) -> float:
+    try:
+        return float(np.asarray(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint metric {name!r} must be a scalar number, got {value!r}") from e
+
+
+class Checkpointer:
+    """Periodic, retention-managed, optionally asynchronous checkpoints of ``(state, data_state)``.
+
+    Args:
+      directory: where step directories (``<dir>/<step>/``) live; created if missing.
+      save_every: ``maybe_save`` saves when ``step % save_every == 0`` (or forced, or on preemption).
+      keep: how many of the most recent checkpoints to keep (>= 1, so resume always has one).
+      keep_best: additionally keep this many best checkpoints by ``best_metric`` (None: no best tracking).
+      best_metric: key of the ``metrics`` dict passed to ``maybe_save`` used to rank checkpoints.
+      best_mode: "min" (e.g. eval loss) or "max" (e.g. accuracy).
+      async_save: write in a background thread (only the device->host copy blocks the train loop).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        save_every: int,
+        keep: int,
+        keep_best: int | None = None,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        async_save: bool = True,
+    ):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (the latest checkpoint is what resume uses), got {keep}")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+        if keep_best is not None and keep_best < 1:
+            raise ValueError(f"keep_best must be None or >= 1, got {keep_best}")
+        if (keep_best is None) != (best_metric is None):
+            raise ValueError("keep_best and best_metric must be given together")
+        self.directory = Path(directory).absolute()
+        self.save_every = save_every
+        self.keep = keep
+        self.keep_best = keep_best
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+
+        policies: list[Any] = [LatestN(n=keep)]
+        best_fn = None
+        if best_metric is not None:
+            worst = math.inf if best_mode == "min" else -math.inf
+
+            def best_fn(metrics: Mapping[str, Any]) -> float:
+                value = float(metrics[best_metric])
+                return worst if math.isnan(value) else value  # a NaN eval never counts as "best"
+
+            # BestN sorts ascending and keeps the tail: reverse for "min" so the smallest values are kept.
+            policies.append(
+                BestN(
+                    get_metric_fn=best_fn,
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=AnyPreservationPolicy(policies),
+            best_fn=best_fn,  # only for best_step() and to make Orbax record the metrics
+            best_mode=best_mode,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # ------------------------------------------------------------------------------------------ queries
+
+    def all_steps(self) -> list[int]:
+        """Steps with a (committed or in-flight) checkpoint, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """Best step by ``best_metric`` among kept checkpoints with that metric (latest if not tracking)."""
+        return self._manager.best_step()
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def should_save(self, step: int, force: bool = False) -> bool:
+        """Whether ``maybe_save(step)`` writes: due, forced or preempted, and newer than the latest."""
+        latest = self.latest_step()
+        if latest is not None and step <= latest:
+            return False
+        return force or step % self.save_every == 0 or self._manager.reached_preemption(step)
+
+    # ------------------------------------------------------------------------------------------- saving
+
+    def maybe_save(
+        self,
+        step: int,
+        state: Any,
+        data_state: Mapping[str, Any],
+        metrics: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Save if due (see ``should_save``); returns whether a save was started.
+
+        A step at or before the latest saved step is never saved (e.g. the final forced save right after a
+        scheduled one at the same step, or a resumed run re-reaching its restore step). ``metrics`` rank the
+        checkpoint for ``keep_best``; without ``best_metric`` in them it is kept only while recent.
+        """
+        step = int(step)
+        if not self.should_save(step, force):
+            return False
+        orbax_metrics = None
+        if self.best_metric is not None and metrics is not None and self.best_metric in metrics:
+            orbax_metrics = {k: _to_float(k, v) for k, v in metrics.items()}
+        data = ocp.args.JsonSave(dict(data_state))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=data)
+        saved = self._manager.save(step, args=args, metrics=orbax_metrics, force=True)
+        if saved:
+            log.info("checkpoint: saving step %d to %s", step, self.step_dir(step))
+        return bool(saved)
+
+    def wait(self) -> None:
+        """Block until in-flight async saves are committed (call before reading them or exiting)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release Orbax's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- restoring
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore ``(state, data_state)`` at ``step`` (None: latest) onto ``abstract_state``'s layout.
+
+        ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` whose ``.sharding`` says where each array
+        goes (e.g. ``jax.eval_shape`` of the state init with shardings attached); concrete arrays are also
+        accepted and only their shape/dtype/sharding is used. Raises ``FileNotFoundError`` if there is no
+        such checkpoint and ``CheckpointError`` (naming the step directory) if it cannot be read.
+        """
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} (available: {steps})")
+        step_dir = self.step_dir(step)
+        target = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else ocp.utils.to_shape_dtype_struct(x),
+            abstract_state,
+        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        try:
+            restored = self._manager.restore(step, args=args)
+            state, data_state = restored["state"], restored["data"]
+            jax.block_until_ready(state)  # surface read errors here, not at first use
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot restore checkpoint {step_dir} (corrupt, partially written, or saved with a "
+                f"different state structure): {type(e).__name__}: {e}"
+            ) from e
+        _check_layout(step_dir, state, target)
+        if data_state is None:
+            raise CheckpointError(f"checkpoint {step_dir} has no data state (item 'data' missing)")
+        return state, dict(data_state)
+
+
+def _check_layout(step_dir: Path, state: Any, target: Any) -> None:
+    """Orbax may silently cast or reshape on restore; insist on exactly the requested shapes and dtypes."""
+    got = jax.tree_util.tree_flatten_with_path(state)[0]
+    want = jax.tree_util.tree_flatten_with_path(target)[0]
+    if len(got) != len(want):
+        raise CheckpointError(f"checkpoint {step_dir}: restored {len(got)} arrays, expected {len(want)}")
+    for (path, g), (_, w) in zip(got, want, strict=True):
+        if tuple(g.shape) != tuple(w.shape) or g.dtype != w.dtype:
+            raise CheckpointError(
+                f"checkpoint {step_dir}: {jax.tree_util.keystr(path)} restored as {g.dtype}{list(g.shape)}, "
+                f"expected {w.dtype}{list(w.shape)}"
+            )

@@ -1,0 +1,169 @@
+"""The training loop every algorithm shares: config → data → jitted step → logs / checkpoints / export.
+
+    state, metrics = step(state, batch, frozen)
+
+An algorithm (``jaxpt/algorithms``) supplies its data iterator, loss, eval and any extra parameters; this
+file owns the mesh, shardings, optimizer, checkpoint/resume, logging and the final Hugging Face export.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms import get_algorithm
+from jaxpt.data.tokenizer import build_char_tokenizer, load_tokenizer
+from jaxpt.models.factory import model_config_from
+from jaxpt.sharding import batch_sharding, make_mesh, normalize_rules, param_shardings, replicated, shard_batch
+from jaxpt.models.orbax_io import write_model_dir
+from jaxpt.training.checkpoint import Checkpointer
+from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
+from jaxpt.training.logging import MetricsLogger
+from jaxpt.training.optimizer import make_optimizer
+from jaxpt.training.state import abstract_state, create_state, state_shardings
+from jaxpt.training.step import make_train_step
+from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
+
+log = logging.getLogger(__name__)
+# Fields a resumed run may change: how long it runs and what it reports, not what it computes.
+_RESUME_ALLOWED = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.export_hf")
+
+
+def tokenizer_from(cfg: ConfigDict):
+    """``cfg.path`` (a local tokenizer / model dir) or the built-in character tokenizer (``builtin='char'``)."""
+    if cfg.get("path"):
+        return load_tokenizer(cfg.path)
+    if cfg.get("builtin") == "char":
+        return build_char_tokenizer()
+    raise ValueError("config.tokenizer needs a path or builtin='char'")
+
+
+def evaluate(eval_step, params, batches, mesh, frozen, summarize) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch in batches:
+        sums = jax.device_get(eval_step(params, shard_batch(batch, mesh), frozen))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return summarize(totals) if totals else {}
+
+
+def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, Any]:
+    """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir"}."""
+    prepare_workdir(workdir, config, resume, allowed=RESUME_ALLOWED_FIELDS + _RESUME_ALLOWED)
+    m = config.mesh
+    mesh = make_mesh(m.data, m.fsdp, m.tensor)
+    rules = normalize_rules(m.rules)
+    tokenizer = tokenizer_from(config.tokenizer)
+    model_config = model_config_from(config.model, tokenizer)
+    if not os.path.exists(os.path.join(workdir, "model", "config.json")):
+        write_model_dir(model_config, os.path.join(workdir, "model"), tokenizer)  # for convert / generate
+    build = get_algorithm(config.algorithm)
+    t = config.train
+    total_steps = t.steps
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        parts = build(config, model_config, tokenizer, mesh)
+        tx, schedule = make_optimizer(config.optimizer, total_steps * parts.updates_per_step)
+        shardings = state_shardings(parts.abstract_params, tx, mesh, rules)
+        step_fn = make_train_step(parts.loss_fn, tx, schedule, t.grad_accum_steps)
+        params_shardings = param_shardings(parts.abstract_params, mesh, rules)
+        data_sharding = batch_sharding(mesh)
+        jit_step = jax.jit(
+            step_fn,
+            in_shardings=(shardings, data_sharding, None),
+            out_shardings=(shardings, replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        jit_eval = jax.jit(parts.eval_fn, in_shardings=(params_shardings, data_sharding, None))
+
+        ckpt = Checkpointer(
+            os.path.join(workdir, "checkpoints"),
+            save_every=t.checkpoint_every,
+            keep=t.keep_checkpoints,
+            keep_best=t.get("keep_best", 0) or None,
+            best_metric=t.get("best_metric", "") or None,
+            best_mode=t.get("best_mode", "min"),
+            async_save=True,
+        )
+        start = 0
+        if resume and ckpt.latest_step() is not None:
+            target = abstract_state(shardings, parts.abstract_params, tx)
+            state, data_state = ckpt.restore(None, target)
+            parts.train_iter.set_state(data_state["iterator"])
+            start = int(data_state["loop_step"])
+            log.info("resumed from step %d", start)
+        else:
+            state = create_state(parts.init_params(shardings.params), tx, shardings, config.seed)
+        frozen = parts.frozen(state.params) if parts.frozen else None
+
+        logger = MetricsLogger(workdir, total_steps, enabled=True)
+        logger.advance(start)
+        result: dict[str, Any] = {}
+        if parts.eval_batches and start == 0:
+            result["eval_before"] = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
+            if parts.after_eval:
+                result["eval_before"].update(parts.after_eval(state.params))
+            logger.log(0, result["eval_before"], prefix="eval")
+            print(f"eval before: {_fmt(result['eval_before'])}", flush=True)
+
+        seq_len = config.data.get("seq_len", 0)
+        flops_per_token = train_flops_per_token(model_config, seq_len) if seq_len else 0.0
+        peak = t.get("peak_flops", 0.0) or measure_matmul_peak()
+        eval_metrics: dict[str, float] = {}
+        window_tokens, window_start = 0, time.perf_counter()
+        for i in range(start, total_steps):
+            extra: dict[str, float] = {}
+            if parts.rollout is not None:
+                batches, extra = parts.rollout(state.params, frozen, i)
+            else:
+                batches = [next(parts.train_iter)]
+            for batch in batches:
+                state, metrics = jit_step(state, shard_batch(batch, mesh), frozen)
+                window_tokens += parts.tokens_in_batch(batch) if parts.tokens_in_batch else 0
+            logger.advance()
+            step = i + 1
+            if step % t.log_every == 0 or step == total_steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} | extra
+                elapsed = time.perf_counter() - window_start
+                if window_tokens:
+                    metrics["tokens_per_s"] = window_tokens / elapsed
+                    metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / peak
+                logger.log(step, metrics)
+                window_tokens, window_start = 0, time.perf_counter()
+            is_eval = parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
+            if is_eval:
+                eval_metrics = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
+                if parts.after_eval and step == total_steps:
+                    eval_metrics.update(parts.after_eval(state.params))
+                logger.log(step, eval_metrics, prefix="eval")
+            data_state = {"iterator": parts.train_iter.get_state(), "loop_step": step}
+            ckpt.maybe_save(
+                step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == total_steps
+            )
+        ckpt.wait()
+        ckpt.close()
+        logger.close()
+        if eval_metrics:
+            result["eval_after"] = eval_metrics
+            print(f"eval after:  {_fmt(eval_metrics)}", flush=True)
+        result["final_step"] = int(state.step)
+        if t.get("export_hf") and parts.export:
+            out = os.path.join(workdir, "export")
+            if os.path.exists(out) and os.listdir(out):
+                out = os.path.join(workdir, f"export-step{int(state.step)}")
+            parts.export(state.params, out)
+            result["export_dir"] = out
+            print(f"exported Hugging Face checkpoint to {out}", flush=True)
+        result["state"] = state
+    return result
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if np.isscalar(v))

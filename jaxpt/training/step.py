@@ -1,0 +1,83 @@
+"""The one train step every algorithm shares: ``step(state, batch, frozen) -> (state, metrics)``.
+
+An algorithm only supplies a loss ``loss_fn(params, batch, rng, frozen) -> (loss_sum, weight, metrics)``:
+the loss *summed* over its units (tokens, pairs, sequences) and how many units there were. Summing lets
+gradient accumulation weight micro-batches exactly as one big batch would (``sum / total weight``).
+``frozen`` carries non-trainable inputs such as a DPO reference model's params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxpt.training.state import TrainState
+
+LossFn = Callable[[Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+
+
+def split_micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [n, B/n, ...], strided (rows i, i+n, …) so every micro-batch spans all data shards."""
+
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={n}")
+        return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
+) -> Callable[[TrainState, dict[str, jax.Array], Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the pure step function (the caller jits it with shardings)."""
+
+    def grads_of(params, batch, rng, frozen):
+        def objective(p):
+            loss_sum, weight, metrics = loss_fn(p, batch, rng, frozen)
+            return loss_sum, (weight, metrics)
+
+        (loss_sum, (weight, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return grads, loss_sum, weight, metrics
+
+    def step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = None):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum_steps == 1:
+            grads, loss_sum, weight, metrics = grads_of(state.params, batch, rng, frozen)
+        else:
+            micro = split_micro_batches(batch, grad_accum_steps)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, xs):
+                acc, loss_acc, weight_acc = carry
+                i, mb = xs
+                g, loss_sum, weight, metrics = grads_of(state.params, mb, jax.random.fold_in(rng, i), frozen)
+                acc = jax.tree.map(jnp.add, acc, g)
+                return (acc, loss_acc + loss_sum, weight_acc + weight), metrics
+
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grads, loss_sum, weight), metrics = jax.lax.scan(
+                body, init, (jnp.arange(grad_accum_steps), micro)
+            )
+            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        weight = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / weight, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **metrics,
+            "loss": loss_sum / weight,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return step

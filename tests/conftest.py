@@ -1,0 +1,36 @@
+"""Session-wide test setup.
+
+The suite runs on 8 fake CPU devices so sharding code paths (meshes such as (2, 2, 2)) are exercised without
+accelerators. XLA reads ``XLA_FLAGS`` once, when the backend initialises, so this must happen here — pytest
+imports conftest.py before any test module (and therefore before anything touches jax).
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data-layer fixtures (shared by tests/test_data_*.py and anything needing a real tokenizer offline).
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer_dir(tmp_path_factory):
+    """The tiny char-level tokenizer saved once per session (reload with AutoTokenizer / load_tokenizer)."""
+    from jaxpt.data.tokenizer import build_char_tokenizer
+
+    out = tmp_path_factory.mktemp("char_tokenizer")
+    build_char_tokenizer(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer(char_tokenizer_dir):
+    """The char-level tokenizer as reloaded from disk, i.e. exactly what demos and the quickstart use."""
+    from jaxpt.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(char_tokenizer_dir)
