@@ -1,9 +1,9 @@
 """``jaxpt`` command line: train, convert, generate (and the data-generation / eval pillars as they land).
 
-    jaxpt train --config=configs/sft/quickstart.py --workdir=runs/q --config.optimizer.lr=3e-4
-    jaxpt convert --hf-dir=DIR --orbax-dir=OUT            # HF -> Orbax params
-    jaxpt convert --orbax-dir=DIR --hf-dir=OUT            # Orbax params (or a run's checkpoint) -> HF
-    jaxpt generate --model=DIR --prompt="1+2=" --chat
+jaxpt train --config=configs/sft/quickstart.py --workdir=runs/q --config.optimizer.lr=3e-4
+jaxpt convert --hf-dir=DIR --orbax-dir=OUT            # HF -> Orbax params
+jaxpt convert --orbax-dir=DIR --hf-dir=OUT            # Orbax params (or a run's checkpoint) -> HF
+jaxpt generate --model=DIR --prompt="1+2=" --chat
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.chat:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     enc = encode_prompts(tokenizer, prompts, max_length=args.max_prompt_length, chat=args.chat)
-    eos = tuple(sorted({*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}))
+    eos = tuple(
+        sorted(
+            {*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+        )
+    )
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -104,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
     return args.func(args, rest)

@@ -318,3 +318,8 @@ def partition_spec_table(shardings_tree: Any) -> dict[str, str]:
         spec = leaf.spec if isinstance(leaf, NamedSharding) else leaf
         table[_path_str(path)] = spec_to_str(spec)
     return table
+
+
+def unbox(tree: Any) -> Any:
+    """Strips logical-axis boxes without ``nn.meta.unbox``'s side effect (a sharding constraint under a mesh)."""
+    return jax.tree.map(lambda x: x.value if _is_leaf(x) else x, tree, is_leaf=_is_leaf)

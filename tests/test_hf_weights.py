@@ -4,10 +4,9 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.hf import WeightsError, iter_safetensors, load_hf, save_hf, write_safetensors
@@ -61,7 +60,9 @@ def test_export_refuses_to_overwrite(llama_dir, tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
+    )
     with pytest.raises(ValueError, match="unsupported architecture: model_type='mamba'"):
         load_hf(str(tmp_path))
 
@@ -69,8 +70,15 @@ def test_unsupported_architecture(tmp_path):
 def test_unsupported_rope_type():
     with pytest.raises(ValueError, match="unsupported rope_type 'yarn'"):
         ModelConfig.from_hf(
-            dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                 num_attention_heads=2, rope_scaling={"rope_type": "yarn", "factor": 2.0})
+            dict(
+                model_type="llama",
+                vocab_size=8,
+                hidden_size=8,
+                intermediate_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                rope_scaling={"rope_type": "yarn", "factor": 2.0},
+            )
         )
 
 
@@ -83,14 +91,19 @@ def _rewrite(path, edit):
 
 def test_missing_tensor(llama_dir, tmp_path):
     d = _copy(llama_dir, tmp_path / "m")
-    _rewrite(os.path.join(d, "model.safetensors"), lambda ts: [t for t in ts if "layers.1.mlp.up_proj" not in t[0]])
+    _rewrite(
+        os.path.join(d, "model.safetensors"), lambda ts: [t for t in ts if "layers.1.mlp.up_proj" not in t[0]]
+    )
     with pytest.raises(WeightsError, match=r"missing tensors.*model.layers.1.mlp.up_proj.weight"):
         load_hf(d)
 
 
 def test_unexpected_tensor(llama_dir, tmp_path):
     d = _copy(llama_dir, tmp_path / "u")
-    _rewrite(os.path.join(d, "model.safetensors"), lambda ts: ts + [("model.extra.weight", np.zeros(3, np.float32))])
+    _rewrite(
+        os.path.join(d, "model.safetensors"),
+        lambda ts: ts + [("model.extra.weight", np.zeros(3, np.float32))],
+    )
     with pytest.raises(WeightsError, match=r"unexpected tensors.*model.extra.weight"):
         load_hf(d)
 

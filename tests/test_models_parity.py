@@ -1,12 +1,11 @@
 """Parity with Hugging Face transformers' PyTorch models, both directions, for every supported family."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax
-import jax.numpy as jnp
 
 from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.models.decoder import Decoder, positions_from_mask
@@ -38,9 +37,13 @@ def test_logits_match_transformers(tiny, scan_layers):
     positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
     with torch.no_grad():
         ref = ref_model(
-            input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)
+            input_ids=torch.tensor(tokens),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(positions),
         ).logits.numpy()
-    logits, _ = Decoder(config).apply({"params": params}, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+    logits, _ = Decoder(config).apply(
+        {"params": params}, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)
+    )
     err = np.abs(np.asarray(logits) - ref)[mask.astype(bool)].max()
     assert err <= 1e-4, f"{family}: max abs logit error {err}"
 

@@ -1,11 +1,10 @@
 """Reward models: HF *ForSequenceClassification parity (import and export) for Llama-family and GPT-2."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax.numpy as jnp
 
 from jaxpt.models.decoder import positions_from_mask
 from jaxpt.models.hf import load_hf, save_hf

@@ -1,10 +1,9 @@
 """Sampler: top-k / top-p filtering against hand-made cases, reproducibility, log-probs and masks."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from jaxpt.generation.sampler import SamplingConfig, filter_logits, generate
 from jaxpt.models.config import ModelConfig
@@ -46,8 +45,14 @@ def test_invalid_sampling_config():
 @pytest.fixture(scope="module")
 def tiny_model():
     hf = dict(
-        model_type="llama", vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        model_type="llama",
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     config = ModelConfig.from_hf(hf)
     return config, init_params(config, jax.random.key(0))

@@ -1,4 +1,4 @@
-"""Tiny random-initialised Hugging Face models, saved locally with ``save_pretrained`` (the parity reference)."""
+"""Tiny random-initialised Hugging Face models saved with ``save_pretrained``: the parity reference."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def hf_config(family: str):
 
 
 def make_tiny_hf(family: str, directory: str, seed: int = 0, tokenizer=None):
-    """Builds, perturbs (so outputs are not degenerate) and saves a tiny HF causal LM; returns the torch model."""
+    """Builds, perturbs (so outputs are not degenerate) and saves a tiny HF causal LM; returns it."""
     import torch
     import transformers
 

@@ -57,7 +57,11 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str,
         fn()
         times.append(time.perf_counter() - t)
     return dict(
-        compile_s=first, median_s=statistics.median(times), min_s=min(times), max_s=max(times), repeats=repeats
+        compile_s=first,
+        median_s=statistics.median(times),
+        min_s=min(times),
+        max_s=max(times),
+        repeats=repeats,
     )
 
 
@@ -110,7 +114,9 @@ def case_generate(args) -> list[dict]:
                 )
 
         stats = timeit(ref, max(2, args.repeats // 3))
-        rows.append(dict(case="generate", impl="transformers", new_tokens_per_s=b * n / stats["median_s"], **stats))
+        rows.append(
+            dict(case="generate", impl="transformers", new_tokens_per_s=b * n / stats["median_s"], **stats)
+        )
     return rows
 
 
@@ -133,8 +139,12 @@ _register_plugin_cases()
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=[], help=f"cases to run (default: all): {', '.join(CASES)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "cases", nargs="*", default=[], help=f"cases to run (default: all): {', '.join(CASES)}"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument("--json", help="also append the JSON lines to this file")

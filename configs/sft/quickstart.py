@@ -1,7 +1,7 @@
 """Quickstart: train a tiny Llama-style model from scratch on shipped arithmetic data (2 CPU cores, minutes).
 
-    jaxpt train --config=configs/sft/quickstart.py --workdir=runs/quickstart
-    jaxpt train --config=configs/sft/quickstart.py:tiny --workdir=/tmp/q   # a few steps, for tests
+jaxpt train --config=configs/sft/quickstart.py --workdir=runs/quickstart
+jaxpt train --config=configs/sft/quickstart.py:tiny --workdir=/tmp/q   # a few steps, for tests
 """
 
 from ml_collections import ConfigDict

@@ -57,7 +57,10 @@ def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id
     """One pass over ``examples`` in order (for eval); the last batch is filled with empty rows."""
     rows = pack_examples(examples, seq_len) if packing else unpacked_rows(examples)
     rows += [[] for _ in range(-len(rows) % batch_size)]
-    return [make_batch(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
+    return [
+        make_batch(examples, rows[i : i + batch_size], seq_len, pad_id)
+        for i in range(0, len(rows), batch_size)
+    ]
 
 
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
@@ -65,13 +68,20 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     seq_len = d.seq_len
     train = build_sft_dataset(d.train, tokenizer, seq_len, completion_only=d.completion_only)
     train_iter = SFTDataIterator(
-        train, config.train.batch_size, seq_len, seed=config.seed, packing=d.packing, shuffle=True,
+        train,
+        config.train.batch_size,
+        seq_len,
+        seed=config.seed,
+        packing=d.packing,
+        shuffle=True,
         pad_id=tokenizer.pad_token_id,
     )
     eval_batches = []
     if d.get("eval"):
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=d.completion_only)
-        eval_batches = fixed_batches(examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id)
+        eval_batches = fixed_batches(
+            examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id
+        )
     chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
 
     def export(params, out_dir):

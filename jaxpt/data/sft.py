@@ -13,7 +13,7 @@ import glob
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -27,6 +27,9 @@ from jaxpt.data.tokenizer import (
     render_chat,
     special_prefix,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ _EXPECTED = "'messages' (chat), 'prompt' + 'completion', or 'text'"
 # Loading and format detection.
 
 
-def load_records(source: str, split: str = "train", cache_dir: str | None = None):
+def load_records(source: str, split: str = "train", cache_dir: str | None = None) -> datasets.Dataset:
     """Loads a local dataset as a ``datasets.Dataset`` (never from the hub).
 
     ``source`` is a JSON/JSONL/Parquet/CSV file or a glob of them (loaded with ``datasets.load_dataset``),
@@ -142,11 +145,16 @@ def assistant_char_spans(
     A turn's span runs from the end of ``render(messages[:i], add_generation_prompt=True)`` to the end of
     ``render(messages[:i+1])``: the reply plus whatever the template closes it with, i.e. what the model must
     generate after the generation prompt. Works with any template, with or without ``{% generation %}``.
+    Where a template renders prefixes inconsistently, the turn's content is searched for instead, after the
+    previous messages' contents (see :func:`_search_span`).
     """
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
+        content = str(message["content"])
         if message["role"] != "assistant" or i < first:
+            found = text.find(content, cursor) if content else -1
+            cursor = found + len(content) if found >= 0 else cursor
             continue
         span = None
         if i > 0:
@@ -155,7 +163,7 @@ def assistant_char_spans(
             if text.startswith(end_text) and end_text.startswith(start_text) and len(start_text) >= cursor:
                 span = (len(start_text), len(end_text))
         if span is None:
-            span = _search_span(text, str(message["content"]), cursor, tokenizer)
+            span = _search_span(text, content, cursor, tokenizer)
         if span[1] > span[0]:
             spans.append(span)
         cursor = span[1]
@@ -165,7 +173,7 @@ def assistant_char_spans(
 def _tokenize_messages(
     tokenizer: PreTrainedTokenizerBase, messages: Messages, first: int = 0
 ) -> tuple[list[int], list[float]]:
-    if first == 0 and has_generation_markers(tokenizer):
+    if first == 0 and getattr(tokenizer, "is_fast", False) and has_generation_markers(tokenizer):
         out = tokenizer.apply_chat_template(
             list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )

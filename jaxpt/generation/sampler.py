@@ -104,7 +104,9 @@ def generate(
     prompt_mask = prompt_mask.astype(jnp.int32)
     positions = positions_from_mask(prompt_mask)
     cache = init_cache(config, b, p + n)
-    logits, cache = model.apply({"params": params}, prompt_tokens, positions, prompt_mask, cache=cache, cache_index=0)
+    logits, cache = model.apply(
+        {"params": params}, prompt_tokens, positions, prompt_mask, cache=cache, cache_index=0
+    )
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
     uniforms = jax.random.uniform(rng, (n, b))  # drawn up front: no PRNG work inside the decode loop
 

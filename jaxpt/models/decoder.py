@@ -25,6 +25,7 @@ import numpy as np
 from jax import lax
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.sharding import unbox
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -159,7 +160,9 @@ class Projection(nn.Module):
         kernel = self.param("kernel", _init(0.02, self.axes), shape, self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
         if self.use_bias:
-            bias = self.param("bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype)
+            bias = self.param(
+                "bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype
+            )
             y = y + bias.astype(self.dtype)
         return y
 
@@ -174,7 +177,13 @@ class Attention(nn.Module):
         def proj(name, heads, bias):
             head_axis = "heads" if name == "q" else "kv_heads"
             return Projection(
-                (heads, c.head_dim), 1, ("embed", head_axis, "head_dim"), bias, c.dtype, c.param_dtype, name=name
+                (heads, c.head_dim),
+                1,
+                ("embed", head_axis, "head_dim"),
+                bias,
+                c.dtype,
+                c.param_dtype,
+                name=name,
             )(x)
 
         q = proj("q", c.num_heads, c.qkv_bias)
@@ -195,8 +204,12 @@ class Attention(nn.Module):
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major [B, K, T, D]
         new_cache = None
         if layer_cache is not None:
-            k = lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, cache_index, 0))
-            v = lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, 0, cache_index, 0))
+            k = lax.dynamic_update_slice(
+                layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, cache_index, 0)
+            )
+            v = lax.dynamic_update_slice(
+                layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, 0, cache_index, 0)
+            )
             new_cache = {"k": k, "v": v}
             k, v = k.astype(c.dtype), v.astype(c.dtype)
         out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5)
@@ -241,7 +254,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
-        h, new_cache = Attention(c, name="attn")(_norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index)
+        h, new_cache = Attention(c, name="attn")(
+            _norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index
+        )
         x = x + h
         x = x + MLP(c, name="mlp")(_norm(c, "post_attn_norm")(x))
         x = _constrain(x, ("act_batch", "act_length", "act_embed"))
@@ -359,7 +374,9 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
         shape = (config.num_layers, *shape)
         layers: Any = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
     else:
-        layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)]
+        layers = [
+            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)
+        ]
     return {"layers": layers, "segment_ids": jnp.zeros((batch, max_length), jnp.int32)}
 
 
@@ -373,8 +390,9 @@ def head_kernel(config: ModelConfig, params: dict[str, Any]) -> Array:
 def init_params(config: ModelConfig, rng: Array, boxed: bool = False) -> dict[str, Any]:
     """Random parameters (unboxed by default; ``boxed`` keeps the logical-axis metadata)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = Decoder(config).init(rng, tokens)
-    return variables["params"] if boxed else nn.meta.unbox(variables["params"])
+    # Always under jit: activation constraints then also work when a mesh is in context.
+    variables = jax.jit(Decoder(config).init)(rng, tokens)
+    return variables["params"] if boxed else unbox(variables["params"])
 
 
 def abstract_params(config: ModelConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.sharding import unbox
 
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64),
@@ -80,13 +81,19 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
             yield name, np.memmap(path, dtype=dtype, mode="r", offset=offset + begin, shape=shape)
 
 
-def write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]):
+def write_safetensors(
+    path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]
+):
     """Writes tensors one at a time; each is produced by its callable only when its bytes are written."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     pos = 0
     for name, shape, dtype, _ in tensors:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        header[name] = {"dtype": _DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [pos, pos + n]}
+        header[name] = {
+            "dtype": _DTYPE_NAMES[np.dtype(dtype)],
+            "shape": list(shape),
+            "data_offsets": [pos, pos + n],
+        }
         pos += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -136,7 +143,7 @@ def _llama_rules(c: ModelConfig) -> list[Rule]:
     for i in range(c.num_layers):
         p, o = f"model.layers.{i}.", f"layers_{i}"
 
-        def add(hf, ours, conv=(_same, _same)):
+        def add(hf, ours, conv=(_same, _same), p=p, o=o):
             rules.append(Rule((p + hf,), ((o, *ours),), *conv))
 
         for name, heads in (("q", h), ("k", k), ("v", k)):
@@ -184,7 +191,7 @@ def _gpt2_rules(c: ModelConfig) -> list[Rule]:
     for i in range(c.num_layers):
         p, o = f"transformer.h.{i}.", f"layers_{i}"
 
-        def add(hf, ours, conv=(_same, _same)):
+        def add(hf, ours, conv=(_same, _same), p=p, o=o):
             rules.append(Rule((p + hf,), ((o, *ours),), *conv))
 
         qkv = lambda leaf: tuple((o, "attn", n, leaf) for n in ("q", "k", "v"))  # noqa: B023
@@ -246,9 +253,7 @@ def hf_tensor_shapes(config: ModelConfig, head: str = "lm") -> dict[str, tuple[i
 
 # ------------------------------------------------------------------------------------------ load / save
 def _unbox(tree):
-    import flax.linen as nn
-
-    return nn.meta.unbox(tree)
+    return unbox(tree)
 
 
 def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -344,7 +349,9 @@ def load_hf(
         raise WeightsError(f"unexpected tensors for {config.model_type}: {sorted(unexpected)[:10]}")
     missing = sorted(set(owner) - {n for r in rules if r.ours[0] in flat_params for n in r.hf})
     if missing:
-        raise WeightsError(f"missing tensors in {model_dir}: {missing[:10]}{' …' if len(missing) > 10 else ''}")
+        raise WeightsError(
+            f"missing tensors in {model_dir}: {missing[:10]}{' …' if len(missing) > 10 else ''}"
+        )
     params: dict[str, Any] = {}
     if config.scan_layers:
         _stack_layers(config, flat_params)
@@ -400,7 +407,9 @@ def save_hf(
             if sp not in flat:
                 raise WeightsError(f"params have no leaf {'/'.join(sp)} needed for {rule.hf}")
             leaves.append((flat[sp], i))
-        abstract = [jax.ShapeDtypeStruct(x.shape[1:] if i is not None else x.shape, x.dtype) for x, i in leaves]
+        abstract = [
+            jax.ShapeDtypeStruct(x.shape[1:] if i is not None else x.shape, x.dtype) for x, i in leaves
+        ]
         shapes = jax.eval_shape(lambda *a, r=rule: r.to_hf(jnp, *a), *abstract)
         for j, (name, shape) in enumerate(zip(rule.hf, shapes, strict=True)):
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, init_params
+from jaxpt.sharding import unbox
 
 Array = jax.Array
 
@@ -49,10 +50,12 @@ def last_token_value(values: Array, segment_ids: Array | None) -> Array:
     return jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
 
 
-def init_reward_params(config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False) -> Any:
+def init_reward_params(
+    config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False
+) -> Any:
     """Random head (std 0.02, as TRL/transformers); the decoder from ``decoder_params`` when given."""
-    variables = ScalarHeadModel(config).init(rng, jnp.zeros((1, 1), jnp.int32))
-    params = variables["params"] if boxed else nn.meta.unbox(variables["params"])
+    variables = jax.jit(ScalarHeadModel(config).init)(rng, jnp.zeros((1, 1), jnp.int32))
+    params = variables["params"] if boxed else unbox(variables["params"])
     if decoder_params is not None:
         params = dict(params)
         params["decoder"] = {k: v for k, v in decoder_params.items() if k != "lm_head"}
@@ -68,4 +71,10 @@ def decoder_only(params: Any) -> Any:
     return params["decoder"]
 
 
-__all__ = ["ScalarHeadModel", "abstract_reward_params", "init_params", "init_reward_params", "last_token_value"]
+__all__ = [
+    "ScalarHeadModel",
+    "abstract_reward_params",
+    "init_params",
+    "init_reward_params",
+    "last_token_value",
+]

@@ -21,14 +21,21 @@ from ml_collections import ConfigDict
 from jaxpt.algorithms import get_algorithm
 from jaxpt.data.tokenizer import build_char_tokenizer, load_tokenizer
 from jaxpt.models.factory import model_config_from
-from jaxpt.sharding import batch_sharding, make_mesh, normalize_rules, param_shardings, replicated, shard_batch
 from jaxpt.models.orbax_io import write_model_dir
+from jaxpt.sharding import (
+    batch_sharding,
+    make_mesh,
+    normalize_rules,
+    param_shardings,
+    replicated,
+    shard_batch,
+)
 from jaxpt.training.checkpoint import Checkpointer
-from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
 from jaxpt.training.logging import MetricsLogger
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, create_state, state_shardings
 from jaxpt.training.step import make_train_step
+from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
 from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -54,8 +61,14 @@ def evaluate(eval_step, params, batches, mesh, frozen, summarize) -> dict[str, f
     return summarize(totals) if totals else {}
 
 
-def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, Any]:
-    """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir"}."""
+def train(
+    config: ConfigDict, workdir: str, resume: bool = False, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir", "state"}.
+
+    ``stop_after`` ends this invocation after that many loop steps, checkpointing first, as a preemption
+    would (tests use it to check that a resumed run continues exactly).
+    """
     prepare_workdir(workdir, config, resume, allowed=RESUME_ALLOWED_FIELDS + _RESUME_ALLOWED)
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor)
@@ -107,7 +120,9 @@ def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, A
         logger.advance(start)
         result: dict[str, Any] = {}
         if parts.eval_batches and start == 0:
-            result["eval_before"] = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
+            result["eval_before"] = evaluate(
+                jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize
+            )
             if parts.after_eval:
                 result["eval_before"].update(parts.after_eval(state.params))
             logger.log(0, result["eval_before"], prefix="eval")
@@ -118,7 +133,8 @@ def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, A
         peak = t.get("peak_flops", 0.0) or measure_matmul_peak()
         eval_metrics: dict[str, float] = {}
         window_tokens, window_start = 0, time.perf_counter()
-        for i in range(start, total_steps):
+        end = total_steps if stop_after is None else min(total_steps, start + stop_after)
+        for i in range(start, end):
             extra: dict[str, float] = {}
             if parts.rollout is not None:
                 batches, extra = parts.rollout(state.params, frozen, i)
@@ -137,15 +153,19 @@ def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, A
                     metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / peak
                 logger.log(step, metrics)
                 window_tokens, window_start = 0, time.perf_counter()
-            is_eval = parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
+            is_eval = (
+                parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
+            )
             if is_eval:
-                eval_metrics = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
+                eval_metrics = evaluate(
+                    jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize
+                )
                 if parts.after_eval and step == total_steps:
                     eval_metrics.update(parts.after_eval(state.params))
                 logger.log(step, eval_metrics, prefix="eval")
             data_state = {"iterator": parts.train_iter.get_state(), "loop_step": step}
             ckpt.maybe_save(
-                step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == total_steps
+                step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == end
             )
         ckpt.wait()
         ckpt.close()
@@ -154,7 +174,7 @@ def train(config: ConfigDict, workdir: str, resume: bool = False) -> dict[str, A
             result["eval_after"] = eval_metrics
             print(f"eval after:  {_fmt(eval_metrics)}", flush=True)
         result["final_step"] = int(state.step)
-        if t.get("export_hf") and parts.export:
+        if t.get("export_hf") and parts.export and int(state.step) and end == total_steps:
             out = os.path.join(workdir, "export")
             if os.path.exists(out) and os.listdir(out):
                 out = os.path.join(workdir, f"export-step{int(state.step)}")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from jaxpt.sharding import param_shardings, replicated
+from jaxpt.sharding import param_shardings, replicated, unbox
 
 
 @flax.struct.dataclass
@@ -39,7 +38,7 @@ def create_state(
     params: Any, tx: optax.GradientTransformation, shardings: TrainState, seed: int
 ) -> TrainState:
     """Puts (host or device) params on their shardings and builds the optimizer state there, in one jit."""
-    params = jax.device_put(nn.meta.unbox(params), shardings.params)
+    params = jax.device_put(unbox(params), shardings.params)
 
     def init(params):
         return TrainState(
@@ -52,9 +51,11 @@ def create_state(
     return jax.jit(init, out_shardings=shardings)(params)
 
 
-def abstract_state(shardings: TrainState, abstract_boxed_params: Any, tx: optax.GradientTransformation) -> Any:
+def abstract_state(
+    shardings: TrainState, abstract_boxed_params: Any, tx: optax.GradientTransformation
+) -> Any:
     """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
-    params = nn.meta.unbox(abstract_boxed_params)
+    params = unbox(abstract_boxed_params)
     shapes = jax.eval_shape(
         lambda p: TrainState(
             step=jnp.zeros((), jnp.int32),

@@ -17,7 +17,9 @@ import optax
 
 from jaxpt.training.state import TrainState
 
-LossFn = Callable[[Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[
+    [Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]
+]
 
 
 def split_micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
@@ -74,7 +76,7 @@ def make_train_step(
         metrics = {
             **metrics,
             "loss": loss_sum / weight,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
