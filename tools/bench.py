@@ -120,7 +120,109 @@ def case_generate(args) -> list[dict]:
     return rows
 
 
-CASES: dict[str, Callable] = {"generate": case_generate}
+def _peak_memory_mb() -> float:
+    """Device peak bytes where the backend reports them (GPU/TPU), else the process's peak RSS."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sft_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, (batch, seq + 1)).astype(np.int32)
+    return dict(
+        inputs=tokens[:, :-1],
+        targets=tokens[:, 1:],
+        loss_mask=np.ones((batch, seq), np.float32),
+        positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
+        segment_ids=np.ones((batch, seq), np.int32),
+    )
+
+
+def case_sft(args) -> list[dict]:
+    """SFT step on bench-small: seq 256, batch 8, f32, AdamW (ours) vs TRL's SFTTrainer on the same model."""
+    from jaxpt.algorithms.sft import make_loss_fn
+    from jaxpt.config import load_config
+    from jaxpt.models.decoder import init_params
+    from jaxpt.training.optimizer import make_optimizer
+    from jaxpt.training.state import TrainState
+    from jaxpt.training.step import make_train_step
+    from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
+
+    b, t = 8, 256
+    config = bench_small_config()
+    params = init_params(config, jax.random.key(0))
+    opt_cfg = load_config("configs/sft/quickstart.py").optimizer
+    tx, schedule = make_optimizer(opt_cfg, 1000)
+    own = jax.tree.map(jnp.copy, params)  # the step donates its state; keep `params` for the reference
+    state = TrainState(jnp.zeros((), jnp.int32), own, tx.init(own), jax.random.key_data(jax.random.key(0)))
+    chunk = args.chunk or b * t
+    step = jax.jit(make_train_step(make_loss_fn(config, chunk), tx, schedule), donate_argnums=0)
+    batch = {k: jnp.asarray(v) for k, v in sft_batch(config.vocab_size, b, t).items()}
+    holder = [state]
+
+    def run():
+        holder[0], m = step(holder[0], batch, None)
+        jax.block_until_ready(m)
+
+    stats = timeit(run, args.repeats)
+    peak = measure_matmul_peak()
+    tokens_per_s = b * t / stats["median_s"]
+    mfu = tokens_per_s * train_flops_per_token(config, t) / peak
+    rows = [
+        dict(
+            case="sft", impl="jaxpt", tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak,
+            peak_memory_mb=_peak_memory_mb(), **stats,
+        )
+    ]
+    if args.reference:
+        rows.append(_trl_sft(config, params, b, t, max(3, args.repeats)))
+    return rows
+
+
+def _trl_sft(config, params, b: int, t: int, repeats: int) -> dict:
+    """TRL's SFTTrainer on the same weights and data shape; step times from a callback, after warm-up."""
+    import tempfile
+
+    import datasets
+    import transformers
+    import trl
+
+    from jaxpt.data.tokenizer import build_char_tokenizer
+
+    model = _torch_model(config, params).train()
+    data = sft_batch(config.vocab_size, b * (repeats + 2), t, seed=1)
+    ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
+    times: list[float] = []
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    out = tempfile.mkdtemp()
+    cfg = trl.SFTConfig(
+        output_dir=out, per_device_train_batch_size=b, max_length=t, max_steps=repeats + 2, learning_rate=3e-4,
+        lr_scheduler_type="constant", logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
+        dataloader_num_workers=0, packing=False, optim="adamw_torch", bf16=False, fp16=False,
+    )
+    trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=build_char_tokenizer())
+    trainer.add_callback(Timer())
+    trainer.train()
+    steady = times[2:]  # first steps include warm-up
+    med = statistics.median(steady)
+    return dict(
+        case="sft", impl=f"trl-{trl.__version__} SFTTrainer", tokens_per_s=b * t / med, compile_s=times[0],
+        median_s=med, min_s=min(steady), max_s=max(steady), repeats=len(steady),
+    )
+
+
+CASES: dict[str, Callable] = {"generate": case_generate, "sft": case_sft}
 
 
 def _register_plugin_cases() -> None:
@@ -148,6 +250,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument("--json", help="also append the JSON lines to this file")
+    parser.add_argument("--chunk", type=int, default=0, help="SFT loss chunk size over tokens (0 = one chunk)")
     args = parser.parse_args(argv)
     unknown = set(args.cases) - set(CASES)
     if unknown:

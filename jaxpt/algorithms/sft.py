@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
 from jaxpt.data.sft import SFTDataIterator, build_sft_dataset, make_batch, pack_examples, unpacked_rows
-from jaxpt.losses.lm import chunked_cross_entropy
+from jaxpt.losses.lm import chunked_cross_entropy, cross_entropy_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
 from jaxpt.models.factory import model_params_from
@@ -26,7 +26,12 @@ def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk
         {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
     )
     mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
-    loss, aux = chunked_cross_entropy(hidden, head_kernel(config, params), batch["targets"], mask, chunk_size)
+    kernel = head_kernel(config, params)
+    if chunk_size >= mask.size:  # one chunk: plain logits, no recomputation in the backward pass
+        logits = jnp.einsum("bte,ev->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        loss, aux = cross_entropy_loss(logits, batch["targets"], mask)
+    else:
+        loss, aux = chunked_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)
     num_tokens = aux["num_tokens"]
     return loss * jnp.maximum(num_tokens, 1.0), num_tokens, aux["correct"]
 
