@@ -27,9 +27,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.train = train_config(steps=300, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100)
     c.optimizer = optimizer_config(lr=3e-3, warmup_steps=20, weight_decay=0.01)
     c.mesh = mesh_config()
+    # Greedy exact match on held-out prompts, before and after training (on top of loss/perplexity/accuracy).
+    c.eval = ConfigDict(dict(exact_match_examples=200, max_new_tokens=8))
     if arg == "tiny":
         c.train.update(dict(steps=8, batch_size=8, log_every=2, eval_every=4, checkpoint_every=4))
         c.optimizer.warmup_steps = 2
+        c.eval.exact_match_examples = 16
     elif arg:
         raise ValueError(f"unknown preset {arg!r}; presets: tiny")
     return c

@@ -68,6 +68,33 @@ def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id
     ]
 
 
+def generation_exact_match(
+    model_config: ModelConfig, tokenizer: Any, records: list[dict], max_new_tokens: int, prompt_len: int = 64
+):
+    """``params -> {"exact_match": …}``: greedy completions of held-out prompts vs their reference completions."""
+    from jaxpt.data.tokenizer import encode_prompts
+    from jaxpt.evaluation.metrics import exact_match
+    from jaxpt.generation.sampler import SamplingConfig, generate
+
+    prompts = [r["prompt"] for r in records]
+    refs = [r["completion"] for r in records]
+    enc = encode_prompts(tokenizer, prompts, max_length=prompt_len, chat=False)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        eos_token_ids=tuple(model_config.eos_token_ids) or (tokenizer.eos_token_id,),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+    def run(params) -> dict[str, float]:
+        out = generate(model_config, params, enc["tokens"], enc["mask"], jax.random.key(0), sampling)
+        tokens, lengths = jax.device_get((out.tokens, out.lengths))
+        preds = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths, strict=True)]
+        return {"exact_match": exact_match(preds, refs)}
+
+    return run
+
+
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     d = config.data
     seq_len = d.seq_len
@@ -89,6 +116,15 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         )
     chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
 
+    after_eval = None
+    em = config.get("eval", {}).get("exact_match_examples", 0)
+    if em and d.get("eval"):
+        from jaxpt.data.sft import load_records
+
+        records = [dict(r) for r in load_records(d.eval).select(range(em))]
+        if "prompt" in records[0] and isinstance(records[0]["prompt"], str):
+            after_eval = generation_exact_match(model_config, tokenizer, records, config.eval.max_new_tokens)
+
     def export(params, out_dir):
         save_hf(model_config, jax.device_get(params), out_dir, tokenizer=tokenizer)
 
@@ -102,4 +138,5 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         init_params=lambda shardings: model_params_from(config.model, model_config, shardings, config.seed),
         tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
         export=export,
+        after_eval=after_eval,
     )
