@@ -1,0 +1,293 @@
+"""Direct preference optimisation and its family (cDPO, rDPO, IPO, SLiC hinge, SimPO, ORPO).
+
+    jaxpt train --config=configs/dpo/quickstart.py --workdir=runs/dpo
+
+A trainable policy (``config.model``) and a frozen reference. Chosen and rejected completions go through the
+model in ONE forward pass: the batch is ``[2B, T]``, chosen rows first (``jaxpt/data/preference.py``); the
+per-row summed completion log-probs are split into ``[:B]`` / ``[B:]``.
+
+The reference (``config.dpo``):
+
+- by default the policy's initial weights. ``AlgorithmParts.frozen`` re-creates them from ``config.model``
+  (the same checkpoint / seed the policy starts from), a separate copy that is resume-safe: a resumed run
+  gets the *initial* model as reference, not the resumed policy;
+- ``reference_path``: another HF causal LM (same tokenizer / vocabulary);
+- ``precompute_reference=True``: reference log-probs are computed once over the train and eval pairs
+  before training and cached in the batches (``ref_logps`` [2B]); no reference params are held and the step
+  runs no reference forward;
+- reference-free losses (``simpo``, ``orpo``) need no reference at all.
+
+Loss ``dpo.loss_type`` in sigmoid / robust / ipo / hinge / simpo / orpo with ``beta``, ``label_smoothing``,
+``simpo_gamma``, ``ipo_length_normalize``, ``orpo_include_nll`` (``jaxpt.losses.preference.dpo_loss``,
+evaluated per pair so sums over pairs are exact under gradient accumulation and padded eval batches).
+Metrics: ``rewards/{chosen,rejected,accuracy,margin}`` (implicit rewards ``beta (log pi - log ref)``),
+``logps/{chosen,rejected}`` and ``logps/accuracy`` (fraction of pairs whose chosen completion the policy
+itself finds likelier). The policy exports as a HF causal LM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.reward_model import (
+    PairIterator,
+    check_batch_layout,
+    fixed_pair_batches,
+    load_pairs,
+    masked_means,
+    masked_sums,
+    pair_valid,
+    preference_tokenizer,
+    rules_of,
+    run_options,
+    summarize_pairs,
+)
+from jaxpt.data.preference import Pair
+from jaxpt.losses.lm import masked_sum, token_logprobs
+from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_params
+from jaxpt.models.factory import model_params_from
+from jaxpt.models.hf import load_hf, save_hf
+from jaxpt.sharding import batch_sharding, param_shardings, shard_batch
+
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def dpo_config(**overrides) -> ConfigDict:
+    """Defaults of the ``config.dpo`` section."""
+    cfg = ConfigDict(
+        dict(
+            loss_type="sigmoid",
+            beta=0.1,
+            label_smoothing=0.0,  # cDPO (sigmoid) / rDPO (robust) label-noise rate
+            simpo_gamma=1.0,
+            ipo_length_normalize=False,
+            orpo_include_nll=True,
+            reference_path="",  # "" = the policy's initial weights
+            precompute_reference=False,
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ log-probs
+def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_size: int) -> jax.Array:
+    """``log p(targets)`` ``[N, T]`` from final hidden states; with ``0 < chunk_size < N*T`` the vocabulary
+    projection runs over ``chunk_size`` tokens at a time (rematerialised in the backward pass), so no
+    ``[N, T, V]`` logits are held."""
+    n, t, e = hidden.shape
+    total = n * t
+    if not chunk_size or chunk_size >= total:
+        logits = jnp.dot(hidden, kernel, preferred_element_type=jnp.float32)
+        return token_logprobs(logits, targets)
+    n_chunks = -(-total // chunk_size)
+    pad = n_chunks * chunk_size - total
+    h = jnp.pad(hidden.reshape(total, e), ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, e)
+    y = jnp.pad(targets.reshape(total), (0, pad)).reshape(n_chunks, chunk_size)
+
+    @jax.checkpoint
+    def chunk(kernel, hc, yc):
+        return token_logprobs(jnp.dot(hc, kernel, preferred_element_type=jnp.float32), yc)
+
+    out = jax.lax.map(lambda xs: chunk(kernel, *xs), (h, y))
+    return out.reshape(-1)[:total].reshape(n, t)
+
+
+def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int) -> jax.Array:
+    """``[2B]`` summed completion log-probs (``loss_mask`` on non-padding targets), float32."""
+    hidden, _ = Decoder(config).apply(
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
+    )
+    lp = token_logps(hidden, head_kernel(config, params), batch["targets"], chunk_size)
+    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
+    return masked_sum(lp, mask, axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def loss_kwargs(dpo: ConfigDict) -> dict[str, Any]:
+    if dpo.loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"dpo.loss_type={dpo.loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+    return dict(
+        loss_type=dpo.loss_type,
+        beta=float(dpo.beta),
+        label_smoothing=float(dpo.label_smoothing),
+        simpo_gamma=float(dpo.simpo_gamma),
+        ipo_length_normalize=bool(dpo.ipo_length_normalize),
+        orpo_include_nll=bool(dpo.orpo_include_nll),
+    )
+
+
+def pair_losses(
+    logps: jax.Array, ref_logps: jax.Array, lengths: jax.Array, kwargs: dict[str, Any], valid: jax.Array | None = None
+):
+    """``dpo_loss`` evaluated pair by pair on ``[2B]`` rows (chosen first): ``(loss [B], metrics {name: [B]})``.
+
+    Padding pairs (``valid == 0``) get finite stand-in log-probs first: an empty completion has log-prob 0,
+    which ORPO's ``log(1 - p)`` turns into ``-inf`` (and a nan gradient, even behind a 0 weight).
+    """
+    b = logps.shape[0] // 2
+    if valid is not None:
+        rows = jnp.concatenate([valid, valid]) > 0
+        logps = jnp.where(rows, logps, -1.0)
+        ref_logps = jnp.where(rows, ref_logps, -1.0)
+
+    def one(pc, pr, rc, rr, lc, lr):
+        return dpo_loss(
+            pc[None], pr[None], rc[None], rr[None], chosen_lengths=lc[None], rejected_lengths=lr[None], **kwargs
+        )
+
+    loss, metrics = jax.vmap(one)(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], lengths[:b], lengths[b:])
+    metrics["logps/accuracy"] = (logps[:b] > logps[b:]).astype(jnp.float32)
+    return loss, metrics
+
+
+def pair_terms(
+    policy_config: ModelConfig,
+    ref_config: ModelConfig | None,
+    kwargs: dict[str, Any],
+    chunk_size: int,
+    params: Any,
+    batch: dict[str, jax.Array],
+    frozen: Any,
+):
+    """Per-pair ``(loss [B], metrics {name: [B]}, valid [B])``; the reference comes from ``frozen`` (its
+    params), ``batch["ref_logps"]`` (precomputed) or nowhere (reference-free losses)."""
+    logps = sequence_logps(policy_config, params, batch, chunk_size)
+    if kwargs["loss_type"] in REFERENCE_FREE:
+        ref = jnp.zeros_like(logps)
+    elif "ref_logps" in batch:
+        ref = batch["ref_logps"]
+    else:
+        ref = jax.lax.stop_gradient(sequence_logps(ref_config, frozen, batch, chunk_size))
+    valid = pair_valid(batch)
+    loss, metrics = pair_losses(logps, ref, batch["completion_lengths"], kwargs, valid)
+    return loss, metrics, valid
+
+
+def make_loss_fn(policy_config, ref_config, kwargs, chunk_size):
+    def loss_fn(params, batch, rng, frozen):
+        loss, metrics, valid = pair_terms(policy_config, ref_config, kwargs, chunk_size, params, batch, frozen)
+        return masked_sums({"loss": loss}, valid)["loss"], jnp.sum(valid), masked_means(metrics, valid)
+
+    return loss_fn
+
+
+def make_eval_fn(policy_config, ref_config, kwargs, chunk_size):
+    def eval_fn(params, batch, frozen):
+        loss, metrics, valid = pair_terms(policy_config, ref_config, kwargs, chunk_size, params, batch, frozen)
+        return {"pairs": jnp.sum(valid), **masked_sums({"loss": loss, **metrics}, valid)}
+
+    return eval_fn
+
+
+# ------------------------------------------------------------------------------------------- reference
+def initial_policy(config: ConfigDict, policy_config: ModelConfig):
+    """``init(shardings)``: the policy's initial params (HF checkpoint or seeded scratch init). The scratch
+    init is jitted once, so the reference copy costs no second compilation."""
+    jitted = {}
+
+    def init(shardings):
+        if config.model.get("path"):
+            return model_params_from(config.model, policy_config, shardings, config.seed)
+        if "fn" not in jitted:
+            key = jax.random.key(config.seed)
+            jitted["fn"] = jax.jit(lambda: init_params(policy_config, key), out_shardings=shardings)
+        return jitted["fn"]()
+
+    return init
+
+
+def reference_model(config: ConfigDict, dpo: ConfigDict, policy_config: ModelConfig, mesh: Mesh, init_policy):
+    """``(ref_config, load)``: ``load()`` returns the reference params on their shardings."""
+    rules = rules_of(config)
+    path = dpo.reference_path
+    if path:
+        ref_config = ModelConfig.from_hf(path, **run_options(config.model))
+        if ref_config.vocab_size != policy_config.vocab_size:
+            raise ValueError(
+                f"reference vocab_size {ref_config.vocab_size} != policy vocab_size {policy_config.vocab_size}"
+            )
+        shardings = param_shardings(abstract_params(ref_config), mesh, rules)
+        return ref_config, lambda: load_hf(path, shardings=shardings, **run_options(config.model))[1]
+    shardings = param_shardings(abstract_params(policy_config), mesh, rules)
+    return policy_config, lambda: init_policy(shardings)
+
+
+def precompute_reference(
+    ref_config: ModelConfig,
+    ref_params: Any,
+    pair_sets: list[list[Pair]],
+    batch_size: int,
+    seq_len: int,
+    pad_id: int,
+    mesh: Mesh,
+    chunk_size: int,
+) -> None:
+    """Adds ``row_ref_logps = [ref log p(chosen), ref log p(rejected)]`` to every pair, in place."""
+    fn = jax.jit(lambda p, b: sequence_logps(ref_config, p, b, chunk_size), in_shardings=(None, batch_sharding(mesh)))
+    for pairs in pair_sets:
+        batches = fixed_pair_batches(pairs, batch_size, seq_len, pad_id)
+        for k, batch in enumerate(batches):
+            lp = np.asarray(jax.device_get(fn(ref_params, shard_batch(batch, mesh))), np.float32)
+            for i, pair in enumerate(pairs[k * batch_size : (k + 1) * batch_size]):
+                pair["row_ref_logps"] = np.asarray([lp[i], lp[batch_size + i]], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- build
+def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    check_batch_layout(config)
+    d = config.data
+    dpo = dpo_config()
+    given = config.get("dpo", ConfigDict()).to_dict()
+    unknown = sorted(set(given) - set(dpo))
+    if unknown:
+        raise ValueError(f"unknown config.dpo fields {unknown}; known: {sorted(dpo)}")
+    dpo.update(given)
+    kwargs = loss_kwargs(dpo)
+    tokenizer = preference_tokenizer(config, tokenizer, model_config)
+    pad = tokenizer.pad_token_id or 0
+    b = config.train.batch_size
+    chunk = config.train.get("loss_chunk_size", 0)
+    train = load_pairs(d.train, tokenizer, d)
+    held_out = load_pairs(d.eval, tokenizer, d, split=d.get("eval_split", "test")) if d.get("eval") else []
+
+    init_policy = initial_policy(config, model_config)
+    reference_free = dpo.loss_type in REFERENCE_FREE
+    ref_config, load_reference = (None, None)
+    if not reference_free:
+        ref_config, load_reference = reference_model(config, dpo, model_config, mesh, init_policy)
+    frozen = None
+    if not reference_free and dpo.precompute_reference:
+        ref_params = load_reference()
+        precompute_reference(ref_config, ref_params, [train, held_out], b, d.seq_len, pad, mesh, chunk)
+        del ref_params
+    elif not reference_free:
+        frozen = lambda params: load_reference()  # noqa: E731  (the initial / given model, never the policy)
+
+    train_iter = PairIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
+    eval_batches = fixed_pair_batches(held_out, b, d.seq_len, pad) if held_out else []
+
+    def export(params, out_dir):
+        save_hf(model_config, params, out_dir, tokenizer=tokenizer)
+
+    return AlgorithmParts(
+        train_iter=train_iter,
+        eval_batches=eval_batches,
+        loss_fn=make_loss_fn(model_config, ref_config, kwargs, chunk),
+        eval_fn=make_eval_fn(model_config, ref_config, kwargs, chunk),
+        summarize=summarize_pairs,
+        abstract_params=abstract_params(model_config),
+        init_params=init_policy,
+        frozen=frozen,
+        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        export=export,
+    )

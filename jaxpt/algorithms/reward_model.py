@@ -1,0 +1,283 @@
+"""Reward models: the decoder + a scalar head trained with the Bradley-Terry pairwise loss.
+
+    jaxpt train --config=configs/rm/quickstart.py --workdir=runs/rm
+
+Initialisation (``config.model``):
+
+- ``path`` is a causal LM (an SFT export, any ``*ForCausalLM``): its decoder is loaded, the LM head dropped
+  and the scalar head drawn at random (std 0.02, as transformers / TRL);
+- ``path`` is a ``*ForSequenceClassification`` checkpoint (``head="score"``, or ``head="auto"`` and its
+  config.json ``architectures`` says so): decoder and head are both loaded;
+- no ``path``: everything from scratch (``model.scratch``, seed ``config.seed``).
+
+The reward of a row is the head's value at its last real token, over the *whole* sequence
+``prompt + completion`` (the batch's ``inputs`` plus its final target), which is exactly what
+``AutoModelForSequenceClassification`` scores on the exported checkpoint (``save_hf(..., head="score")``).
+
+Loss (``config.rm``): ``-log sigmoid(r_c - r_r - margin) + center_coef (r_c + r_r)^2`` per pair
+(``jaxpt.losses.preference.bradley_terry_loss``); ``margin`` comes from the data's ``rm.margin_column``
+when the column exists. Metrics: ``rewards/{accuracy,margin,chosen,rejected}``.
+
+This module also holds the preference-data plumbing DPO shares (pairs with per-row float extras such as a
+margin or cached reference log-probs, padded eval batches, the validity mask of padding pairs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.data.preference import Pair, PreferenceDataIterator, build_preference_batch, build_preference_dataset
+from jaxpt.data.sft import load_records
+from jaxpt.data.tokenizer import load_tokenizer
+from jaxpt.losses.preference import bradley_terry_loss
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import abstract_params
+from jaxpt.models.factory import RUN_OPTIONS
+from jaxpt.models.hf import load_hf, save_hf
+from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params, init_reward_params
+from jaxpt.sharding import param_shardings
+
+Batch = dict[str, np.ndarray]
+ROW_PREFIX = "row_"  # pair[f"row_{name}"] = [chosen value, rejected value] -> batch[name] [2B] float32
+
+
+# ------------------------------------------------------------------------------ shared preference plumbing
+def rules_of(config: ConfigDict) -> list[tuple]:
+    return [tuple(r) for r in config.mesh.rules]
+
+
+def run_options(model_cfg: ConfigDict) -> dict[str, Any]:
+    return {k: model_cfg[k] for k in RUN_OPTIONS if k in model_cfg}
+
+
+def has_tokenizer(directory: str) -> bool:
+    return bool(directory) and os.path.exists(os.path.join(directory, "tokenizer_config.json"))
+
+
+def preference_tokenizer(config: ConfigDict, tokenizer: Any, model_config: ModelConfig) -> Any:
+    """The tokenizer to encode data with: the model dir's own when ``tokenizer.path`` is unset and it has one.
+
+    (The loop builds ``tokenizer.builtin`` otherwise; for the char tokenizer both are the same.)
+    """
+    if not config.tokenizer.get("path") and has_tokenizer(config.model.get("path", "")):
+        tokenizer = load_tokenizer(config.model.path)
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}; "
+            "set --config.tokenizer.path to the model's tokenizer"
+        )
+    return tokenizer
+
+
+def load_pairs(
+    source: str | Sequence[dict],
+    tokenizer: Any,
+    data: ConfigDict,
+    extra_columns: Sequence[str] = (),
+    split: str = "train",
+) -> list[Pair]:
+    """Tokenised pairs; each column of ``extra_columns`` present in the data becomes ``row_<column>``."""
+    records = load_records(source, split) if isinstance(source, str | os.PathLike) else source
+    rows = [dict(r) for r in records]
+    if data.get("chat"):  # plain-text prompts as one user turn, like SFT's ``chat=True``
+        for r in rows:
+            if isinstance(r.get("prompt"), str):
+                r["prompt"] = [{"role": "user", "content": r["prompt"]}]
+    seq_len = data.seq_len
+    pairs = build_preference_dataset(
+        rows,
+        tokenizer,
+        max_length=seq_len + 1,  # n tokens fill n - 1 slots of an already-shifted row
+        max_prompt_length=data.get("max_prompt_length", 0) or None,
+        max_completion_length=data.get("max_completion_length", 0) or None,
+    )
+    for column in extra_columns:
+        if column and rows and column in rows[0]:
+            for pair, r in zip(pairs, rows, strict=True):
+                v = float(r[column])
+                pair[ROW_PREFIX + column] = np.asarray([v, v], np.float32)
+    return pairs
+
+
+def pair_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int) -> Batch:
+    """``build_preference_batch`` plus every ``row_*`` value as a ``[2B]`` float32 array."""
+    batch = build_preference_batch(pairs, seq_len, pad_id)
+    for key in pairs[0]:
+        if key.startswith(ROW_PREFIX):
+            values = np.stack([p[key] for p in pairs]).astype(np.float32)  # [B, 2]
+            batch[key[len(ROW_PREFIX) :]] = np.concatenate([values[:, 0], values[:, 1]])
+    return batch
+
+
+class PairIterator(PreferenceDataIterator):
+    """``PreferenceDataIterator`` that also carries the pairs' ``row_*`` values (margins, cached log-probs)."""
+
+    def __next__(self) -> Batch:
+        return pair_batch([self.pairs[i] for i in self._take()], self.seq_len, self.pad_id)
+
+
+def empty_pair(like: Pair) -> Pair:
+    """A padding pair: all-padding rows (``completion_lengths`` 0, so ``pair_valid`` masks it out)."""
+    out = {k: np.zeros(0, np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    out.update({k: np.zeros(2, np.float32) for k in like if k.startswith(ROW_PREFIX)})
+    return out
+
+
+def fixed_pair_batches(pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int) -> list[Batch]:
+    """One in-order pass (eval, precomputation); the last batch is filled with padding pairs."""
+    pairs = list(pairs)
+    pairs += [empty_pair(pairs[0]) for _ in range(-len(pairs) % batch_size)]
+    return [pair_batch(pairs[i : i + batch_size], seq_len, pad_id) for i in range(0, len(pairs), batch_size)]
+
+
+def pair_valid(batch: dict[str, jax.Array]) -> jax.Array:
+    """``[B]`` float32: 1 for real pairs (both completions have loss tokens), 0 for padding pairs."""
+    lengths = batch["completion_lengths"]
+    b = lengths.shape[0] // 2
+    return ((lengths[:b] > 0) & (lengths[b:] > 0)).astype(jnp.float32)
+
+
+def masked_sums(values: dict[str, jax.Array], valid: jax.Array) -> dict[str, jax.Array]:
+    """Sums over real pairs (``where``, not a product: a padding pair's value may be inf / nan)."""
+    return {k: jnp.sum(jnp.where(valid > 0, v, 0.0)) for k, v in values.items()}
+
+
+def masked_means(values: dict[str, jax.Array], valid: jax.Array) -> dict[str, jax.Array]:
+    n = jnp.maximum(jnp.sum(valid), 1.0)
+    return {k: v / n for k, v in masked_sums(values, valid).items()}
+
+
+def summarize_pairs(totals: dict[str, float]) -> dict[str, float]:
+    """Sums over pairs -> means (``pairs`` holds the count of real pairs)."""
+    n = max(totals.get("pairs", 0.0), 1.0)
+    return {k: v / n for k, v in totals.items() if k != "pairs"}
+
+
+def check_batch_layout(config: ConfigDict) -> None:
+    b, n = config.train.batch_size, config.train.grad_accum_steps
+    if b % n:
+        # Strided micro-batches keep pair i's chosen (row i) and rejected (row B + i) rows together only if
+        # B is a multiple of the number of micro-batches.
+        raise ValueError(f"train.batch_size ({b} pairs) must be divisible by train.grad_accum_steps ({n})")
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def detect_head(model_cfg: ConfigDict) -> str:
+    """``"score"`` for a ``*ForSequenceClassification`` checkpoint, ``"lm"`` for a causal LM (``head="auto"``)."""
+    head = model_cfg.get("head", "auto") or "auto"
+    if head != "auto":
+        if head not in ("lm", "score"):
+            raise ValueError(f"model.head={head!r}; expected auto, lm or score")
+        return head
+    if not model_cfg.get("path"):
+        return "lm"
+    with open(os.path.join(model_cfg.path, "config.json")) as f:
+        archs = json.load(f).get("architectures") or []
+    return "score" if any(a.endswith("ForSequenceClassification") for a in archs) else "lm"
+
+
+def init_reward_model(config: ConfigDict, model_config: ModelConfig, mesh: Mesh, shardings: Any) -> Any:
+    """Reward-model params placed on ``shardings`` (see the module docstring for the three sources)."""
+    m = config.model
+    key = jax.random.key(config.seed)
+    if not m.get("path"):
+        return jax.jit(lambda: init_reward_params(model_config, key), out_shardings=shardings)()
+    if detect_head(m) == "score":
+        _, params = load_hf(m.path, head="score", shardings=shardings, **run_options(m))
+        return params
+    lm_shardings = param_shardings(abstract_params(model_config), mesh, rules_of(config))
+    _, lm = load_hf(m.path, shardings=lm_shardings, **run_options(m))
+    score = jax.jit(lambda: random_head(model_config, key), out_shardings=shardings["score"])()
+    return {"decoder": {k: v for k, v in lm.items() if k != "lm_head"}, "score": score}
+
+
+def random_head(model_config: ModelConfig, key: jax.Array) -> dict[str, jax.Array]:
+    """A random scalar head (normal, std 0.02, as ``init_reward_params``) without initialising a decoder."""
+    shape = (model_config.hidden_size, 1)
+    return {"kernel": (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(model_config.param_dtype)}
+
+
+def full_sequences(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The unshifted rows ``[2B, T + 1]``: ``inputs[:, :1]`` followed by ``targets`` (prompt + completion)."""
+    tokens = jnp.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)
+    positions = jnp.concatenate([batch["positions"][:, :1], batch["positions"] + 1], axis=1)
+    segments = jnp.concatenate([batch["segment_ids"][:, :1], batch["segment_ids"]], axis=1)
+    return tokens, positions, segments
+
+
+def sequence_rewards(model_config: ModelConfig, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """``[2B]`` float32 rewards, read at each row's last real token."""
+    tokens, positions, segments = full_sequences(batch)
+    return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
+
+
+def pair_terms(model_config: ModelConfig, center_coef: float, params: Any, batch: dict[str, jax.Array]):
+    """Per-pair ``(loss [B], metrics {name: [B]}, valid [B])``."""
+    r = sequence_rewards(model_config, params, batch)
+    b = r.shape[0] // 2
+    chosen, rejected = r[:b], r[b:]
+    margin = batch["margin"][:b] if "margin" in batch else jnp.zeros_like(chosen)
+    has_margin = "margin" in batch
+
+    def one(c, rj, m):
+        return bradley_terry_loss(c[None], rj[None], m[None] if has_margin else None, center_coef)
+
+    loss, metrics = jax.vmap(one)(chosen, rejected, margin)
+    return loss, metrics, pair_valid(batch)
+
+
+def make_loss_fn(model_config: ModelConfig, center_coef: float):
+    def loss_fn(params, batch, rng, frozen):
+        loss, metrics, valid = pair_terms(model_config, center_coef, params, batch)
+        return masked_sums({"loss": loss}, valid)["loss"], jnp.sum(valid), masked_means(metrics, valid)
+
+    return loss_fn
+
+
+def make_eval_fn(model_config: ModelConfig, center_coef: float):
+    def eval_fn(params, batch, frozen):
+        loss, metrics, valid = pair_terms(model_config, center_coef, params, batch)
+        return {"pairs": jnp.sum(valid), **masked_sums({"loss": loss, **metrics}, valid)}
+
+    return eval_fn
+
+
+def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    check_batch_layout(config)
+    d, rm = config.data, config.get("rm", ConfigDict())
+    center_coef = float(rm.get("center_coef", 0.0))
+    margin_column = rm.get("margin_column", "margin")
+    tokenizer = preference_tokenizer(config, tokenizer, model_config)
+    pad = tokenizer.pad_token_id or 0
+    b = config.train.batch_size
+    train = load_pairs(d.train, tokenizer, d, extra_columns=(margin_column,))
+    train_iter = PairIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
+    eval_batches = []
+    if d.get("eval"):
+        held_out = load_pairs(d.eval, tokenizer, d, extra_columns=(margin_column,), split=d.get("eval_split", "test"))
+        eval_batches = fixed_pair_batches(held_out, b, d.seq_len, pad)
+
+    def export(params, out_dir):
+        save_hf(model_config, params, out_dir, head="score", tokenizer=tokenizer)
+
+    return AlgorithmParts(
+        train_iter=train_iter,
+        eval_batches=eval_batches,
+        loss_fn=make_loss_fn(model_config, center_coef),
+        eval_fn=make_eval_fn(model_config, center_coef),
+        summarize=summarize_pairs,
+        abstract_params=abstract_reward_params(model_config),
+        init_params=lambda shardings: init_reward_model(config, model_config, mesh, shardings),
+        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        export=export,
+    )

@@ -1,0 +1,229 @@
+"""Preference-training benchmark (plug-in case of ``tools/bench.py``): one DPO step on bench-small.
+
+    python tools/bench.py dpo --repeats 5
+    python tools/bench.py dpo --no-reference      # ours only
+
+8 pairs, prompt 128 + completion 128 tokens (a [16, 256] batch: chosen rows, then rejected rows), float32,
+AdamW, sigmoid DPO loss (beta 0.1). Rows, all in this process on the same weights and data:
+
+- ``jaxpt``: the algorithm's real loss (``jaxpt.algorithms.dpo``) in the loop's train step, one forward of
+  chosen + rejected through the policy and one through the frozen reference, inside the jitted step;
+- ``jaxpt (precomputed reference)``: the same step with cached reference log-probs (no reference forward);
+- ``torch (TRL-style step)``: what TRL's DPOTrainer does per step, written out: transformers'
+  LlamaForCausalLM policy and reference, chosen + rejected concatenated in one forward each, completion
+  log-probs by gather - logsumexp, sigmoid DPO loss, global-norm clipping at 1.0, ``torch.optim.AdamW``;
+- ``trl-<version> DPOTrainer`` (when ``trl`` is importable; it is not a jaxpt dependency): TRL itself on
+  the same model and equivalent text pairs, step times from a callback after warm-up.
+
+Throughput is pairs per second (``pairs_per_s``).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PAIRS, PROMPT, COMPLETION, BETA, LR = 8, 128, 128, 0.1, 1e-6
+
+
+def _bench():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench
+
+    return bench
+
+
+def preference_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random pairs sharing their prompt: ``[2 * PAIRS, PROMPT + COMPLETION]``, already shifted (the last slot
+    of each row is padding: a row of n tokens fills n - 1 slots)."""
+    from jaxpt.data.preference import build_preference_batch
+
+    rng = np.random.default_rng(seed)
+    pairs = [
+        {
+            "prompt_ids": rng.integers(3, vocab, PROMPT).astype(np.int32),
+            "chosen_ids": rng.integers(3, vocab, COMPLETION).astype(np.int32),
+            "rejected_ids": rng.integers(3, vocab, COMPLETION).astype(np.int32),
+        }
+        for _ in range(PAIRS)
+    ]
+    return build_preference_batch(pairs, PROMPT + COMPLETION)
+
+
+def _jaxpt_rows(config, params, batch, args) -> list[dict]:
+    from jaxpt.algorithms import dpo
+    from jaxpt.training.optimizer import make_optimizer, optimizer_config
+    from jaxpt.training.state import TrainState
+    from jaxpt.training.step import make_train_step
+
+    bench = _bench()
+    tx, schedule = make_optimizer(optimizer_config(lr=LR, warmup_steps=0, weight_decay=0.0), 1000)
+    kwargs = dpo.loss_kwargs(dpo.dpo_config(beta=BETA))
+    step = jax.jit(make_train_step(dpo.make_loss_fn(config, config, kwargs, 0), tx, schedule), donate_argnums=0)
+    reference = jax.tree.map(jnp.copy, params)  # the frozen reference (the step donates the policy's buffers)
+    device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    ref_logps = jax.jit(lambda p, b: dpo.sequence_logps(config, p, b, 0))(reference, device_batch)
+    rows = []
+    for name, frozen, b in (
+        ("jaxpt", reference, device_batch),
+        ("jaxpt (precomputed reference)", None, {**device_batch, "ref_logps": ref_logps}),
+    ):
+        own = jax.tree.map(jnp.copy, params)
+        state = [TrainState(jnp.zeros((), jnp.int32), own, tx.init(own), jax.random.key_data(jax.random.key(0)))]
+
+        def run(b=b, frozen=frozen, state=state):
+            state[0], m = step(state[0], b, frozen)
+            jax.block_until_ready(m)
+
+        stats = bench.timeit(run, args.repeats)
+        rows.append(
+            dict(
+                case="dpo",
+                impl=name,
+                pairs_per_s=PAIRS / stats["median_s"],
+                peak_memory_mb=bench._peak_memory_mb(),
+                **stats,
+            )
+        )
+        del state
+    return rows
+
+
+def _torch_row(config, params, batch, repeats: int) -> dict:
+    """A TRL-style DPO step in PyTorch (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    bench = _bench()
+    policy = bench._torch_model(config, params).train()
+    reference = bench._torch_model(config, params).eval()
+    reference.requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    # Unshifted rows [2B, 256]: inputs + the last target; completion mask on the shifted targets.
+    n = batch["segment_ids"].sum(1)
+    ids = np.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)[:, : int(n.max()) + 1]
+    ids = torch.tensor(ids, dtype=torch.long)
+    attention = torch.tensor(np.concatenate([batch["segment_ids"][:, :1], batch["segment_ids"]], 1)[:, : ids.shape[1]])
+    mask = torch.tensor(batch["loss_mask"][:, : ids.shape[1] - 1])
+    b = PAIRS
+
+    def logps(model, ids):
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        picked = torch.gather(logits, -1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, -1)
+        return (picked * mask).sum(-1)
+
+    def step():
+        with torch.no_grad():
+            ref = logps(reference, ids)
+        pol = logps(policy, ids)
+        h = (pol[:b] - ref[:b]) - (pol[b:] - ref[b:])
+        loss = -F.logsigmoid(BETA * h).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+
+    stats = bench.timeit(step, repeats)
+    return dict(case="dpo", impl="torch (TRL-style step)", pairs_per_s=PAIRS / stats["median_s"], **stats)
+
+
+def _trl_row(config, params, repeats: int) -> dict | None:
+    """TRL's DPOTrainer on the same weights: pairs of 127 random characters of an 8184-character alphabet
+    (prompt: BOS + 127 = 128 tokens; completions: 127 + EOS = 128 tokens)."""
+    try:
+        import datasets
+        import transformers
+        import trl
+    except ImportError:
+        return None
+    import tempfile
+
+    from jaxpt.data.tokenizer import CHAR_SPECIAL_TOKENS, build_char_tokenizer
+
+    bench = _bench()
+    vocab = config.vocab_size
+    alphabet = "".join(chr(0x4E00 + i) for i in range(vocab - len(CHAR_SPECIAL_TOKENS)))
+    tokenizer = build_char_tokenizer(alphabet=alphabet)
+    rng = np.random.default_rng(1)
+    text = lambda n: "".join(rng.choice(list(alphabet), n))  # noqa: E731
+    steps = repeats + 2
+    ds = datasets.Dataset.from_list(
+        [
+            {"prompt": text(PROMPT - 1), "chosen": text(COMPLETION - 1), "rejected": text(COMPLETION - 1)}
+            for _ in range(PAIRS * steps)
+        ]
+    )
+    times: list[float] = []
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    cfg = trl.DPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=PAIRS,
+        max_length=PROMPT + COMPLETION,
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        beta=BETA,
+        loss_type="sigmoid",
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+        adam_beta2=0.95,
+        bf16=False,
+        fp16=False,
+        precompute_ref_log_probs=False,
+    )
+    model = bench._torch_model(config, params).train()
+    ref_model = bench._torch_model(config, params).eval()
+    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=ds, processing_class=tokenizer)
+    trainer.add_callback(Timer())
+    trainer.train()
+    steady = times[2:]
+    med = statistics.median(steady)
+    return dict(
+        case="dpo",
+        impl=f"trl-{trl.__version__} DPOTrainer",
+        pairs_per_s=PAIRS / med,
+        compile_s=times[0],
+        median_s=med,
+        min_s=min(steady),
+        max_s=max(steady),
+        repeats=len(steady),
+    )
+
+
+def case_dpo(args) -> list[dict]:
+    """DPO step on bench-small: 8 pairs x (128 + 128) tokens, reference forward in the step, f32, AdamW."""
+    from jaxpt.models.decoder import init_params
+
+    bench = _bench()
+    config = bench.bench_small_config()
+    params = init_params(config, jax.random.key(0))
+    batch = preference_batch(config.vocab_size)
+    rows = _jaxpt_rows(config, params, batch, args)
+    if args.reference:
+        rows.append(_torch_row(config, params, batch, max(3, args.repeats)))
+        trl_row = _trl_row(config, params, max(3, args.repeats))
+        if trl_row is not None:
+            rows.append(trl_row)
+    return rows
+
+
+CASES = {"dpo": case_dpo}
