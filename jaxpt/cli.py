@@ -4,6 +4,8 @@ jaxpt train --config=configs/sft/quickstart.py --workdir=runs/q --config.optimiz
 jaxpt convert --hf-dir=DIR --orbax-dir=OUT            # HF -> Orbax params
 jaxpt convert --orbax-dir=DIR --hf-dir=OUT            # Orbax params (or a run's checkpoint) -> HF
 jaxpt generate --model=DIR --prompt="1+2=" --chat
+jaxpt generate-data --config=configs/datagen/arithmetic_distill.py --output=DIR   # re-run the same to resume
+jaxpt eval --config=configs/eval/arithmetic.py --model=DIR --output=DIR
 """
 
 from __future__ import annotations
@@ -75,6 +77,40 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_generate_data(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.config import parse_cli
+    from jaxpt.datagen.pipeline import Interrupted, ResumeMismatch, run
+
+    config, unknown = parse_cli(rest)
+    if unknown:
+        raise SystemExit(f"jaxpt generate-data: unrecognised arguments {unknown}")
+    try:
+        out = run(config, args.output, stop_after_batches=args.stop_after_batches, overwrite=args.overwrite)
+    except Interrupted as e:
+        print(f"{e}; run the same command again to resume", flush=True)
+        return 3
+    except ResumeMismatch as e:
+        raise SystemExit(f"jaxpt generate-data: {e}") from None
+    print(json.dumps({"counts": out["counts"], "paths": out["paths"]}, indent=2))
+    print(f"report: {os.path.join(args.output, 'report.md')}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.config import parse_cli
+    from jaxpt.evaluation.evaluate import run_eval
+
+    config, unknown = parse_cli(rest)
+    if unknown:
+        raise SystemExit(f"jaxpt eval: unrecognised arguments {unknown}")
+    metrics = run_eval(config, args.model, args.output, step=args.step)
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.4f}")
+    print(f"report: {os.path.join(args.output, 'report.md')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxpt", description="JAX-native LLM post-training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "generate-data",
+        help="synthetic data: prompts -> teacher samples -> scores -> filters -> SFT set / preference pairs",
+    )
+    p.add_argument("--output", required=True, help="output dir (re-running with the same config resumes)")
+    p.add_argument("--overwrite", action="store_true", help="delete --output first instead of resuming")
+    p.add_argument("--stop-after-batches", type=int, default=None, help="stop after N batches (as if preempted)")
+    p.set_defaults(func=_cmd_generate_data)
+
+    p = sub.add_parser("eval", help="likelihood, generation and judged metrics of a model -> report")
+    p.add_argument("--model", required=True, help="HF model dir, Orbax params dir or a run's workdir")
+    p.add_argument("--output", required=True, help="report dir (report.json, report.md, tensorboard/, …)")
+    p.add_argument("--step", type=int, default=None, help="step to record the report at (TensorBoard x-axis)")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
