@@ -17,8 +17,10 @@ $(VENV)/.test: $(VENV)/.base
 
 .PHONY: demo test lint bench
 demo: $(VENV)/.base
-	$(VENV)/bin/jaxpt train --config=configs/sft/quickstart.py --workdir=$(WORKDIR)
-	$(VENV)/bin/jaxpt generate --model=$(WORKDIR)/export --chat --prompt="12+7=" --prompt="31-4=" --max-new-tokens=8
+	$(VENV)/bin/jaxpt train --config=configs/sft/quickstart.py --workdir=$(WORKDIR)/sft
+	$(VENV)/bin/jaxpt train --config=configs/dpo/quickstart.py --workdir=$(WORKDIR)/dpo \
+		--config.model.path=$(WORKDIR)/sft/export
+	$(VENV)/bin/jaxpt generate --model=$(WORKDIR)/dpo/export --prompt="12+7=" --prompt="31-4=" --max-new-tokens=8
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check jaxpt tests tools configs experiments

@@ -43,10 +43,12 @@ log = logging.getLogger(__name__)
 _RESUME_ALLOWED = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.export_hf")
 
 
-def tokenizer_from(cfg: ConfigDict):
+def tokenizer_from(cfg: ConfigDict, model_path: str = ""):
     """``cfg.path`` (a local tokenizer / model dir) or the built-in character tokenizer (``builtin='char'``)."""
     if cfg.get("path"):
         return load_tokenizer(cfg.path)
+    if model_path and os.path.exists(os.path.join(model_path, "tokenizer_config.json")):
+        return load_tokenizer(model_path)  # a model directory ships its own tokenizer
     if cfg.get("builtin") == "char":
         return build_char_tokenizer()
     raise ValueError("config.tokenizer needs a path or builtin='char'")
@@ -73,7 +75,13 @@ def train(
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor)
     rules = normalize_rules(m.rules)
-    tokenizer = tokenizer_from(config.tokenizer)
+    model_path = config.model.get("path", "")
+    if model_path and not os.path.exists(os.path.join(model_path, "config.json")):
+        raise FileNotFoundError(
+            f"config.model.path={model_path!r} has no config.json (for the quickstart exports, run "
+            "`jaxpt train --config=configs/sft/quickstart.py --workdir=runs/quickstart` first)"
+        )
+    tokenizer = tokenizer_from(config.tokenizer, model_path)
     model_config = model_config_from(config.model, tokenizer)
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         write_model_dir(model_config, os.path.join(workdir, "model"), tokenizer)  # for convert / generate
