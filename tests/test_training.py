@@ -225,3 +225,13 @@ def test_hf_in_sft_hf_out_roundtrip(tmp_path, tokenizer):
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4)
     original = transformers.AutoModelForCausalLM.from_pretrained(src)
     assert not torch.equal(original.model.norm.weight, exported.model.norm.weight)  # it did train
+
+
+def test_eval_hook_runs_an_eval_config_during_training(tmp_path):
+    c = _cfg(**{"train.steps": 4, "train.export_hf": False})
+    c.eval_hook.config = "configs/eval/arithmetic.py:quick"
+    c.eval_hook.every = 4
+    train(c, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    hooked = [r for r in rows if any(k.startswith("eval_hook/") for k in r)]
+    assert hooked and hooked[-1]["step"] == 4

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.mesh = mesh_config()
     # Greedy exact match on held-out prompts, before and after training (on top of loss/perplexity/accuracy).
     c.eval = ConfigDict(dict(exact_match_examples=200, max_new_tokens=8))
+    # A `jaxpt eval` config run every N steps, e.g. --config.eval_hook.config=configs/eval/arithmetic.py:quick
+    c.eval_hook = ConfigDict(dict(config="", every=0))
     if arg == "tiny":
         c.train.update(dict(steps=8, batch_size=8, log_every=2, eval_every=4, checkpoint_every=4))
         c.optimizer.warmup_steps = 2

@@ -19,6 +19,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms import get_algorithm
+from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer, load_tokenizer
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.orbax_io import write_model_dir
@@ -123,6 +124,10 @@ def train(
         else:
             state = create_state(parts.init_params(shardings.params), tx, shardings, config.seed)
         frozen = parts.frozen(state.params) if parts.frozen else None
+        # Optional `jaxpt eval` config run every N steps on the trained decoder (configs/eval/*.py).
+        hook = config.get("eval_hook", None)
+        hook_cfg = load_config(hook.config) if hook and hook.get("config") else None
+        hook_every = int(hook.get("every", 0)) if hook_cfg else 0
 
         logger = MetricsLogger(workdir, total_steps, enabled=True)
         logger.advance(start)
@@ -171,6 +176,11 @@ def train(
                 if parts.after_eval and step == total_steps:
                     eval_metrics.update(parts.after_eval(state.params))
                 logger.log(step, eval_metrics, prefix="eval")
+            if hook_every and (step % hook_every == 0 or step == total_steps) and "embed" in state.params:
+                from jaxpt.evaluation.evaluate import evaluate_params
+
+                hook_metrics = evaluate_params(model_config, state.params, tokenizer, hook_cfg)
+                logger.log(step, hook_metrics, prefix="eval_hook")
             data_state = {"iterator": parts.train_iter.get_state(), "loop_step": step}
             ckpt.maybe_save(
                 step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == end
