@@ -1,0 +1,157 @@
+"""Held-out exact-match accuracy of exported models (greedy decoding + the arithmetic verifier) and reward / KL
+curves of RL runs.
+
+    python experiments/rl_arithmetic/report.py \
+        --model sft=runs/rl_arithmetic/sft/export --model grpo=runs/rl_arithmetic/grpo/export \
+        --run grpo=runs/rl_arithmetic/grpo --run ppo=runs/rl_arithmetic/ppo \
+        --timings runs/rl_arithmetic/timings.jsonl --out experiments/rl_arithmetic/results
+
+Writes ``report.json`` (accuracy overall and per difficulty, per model; the runs' first/last logged rewards,
+KL and wall times) and ``reward_kl.png`` (train reward, verifier accuracy of the samples and KL to the
+reference per step, from each run's ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from jaxpt.data.tasks import check_answer  # noqa: E402
+from jaxpt.data.tokenizer import encode_prompts, load_tokenizer  # noqa: E402
+from jaxpt.generation.sampler import SamplingConfig, generate  # noqa: E402
+from jaxpt.models.hf import load_hf  # noqa: E402
+
+
+def accuracy(model_dir: str, records: list[dict], prompt_len: int, max_new_tokens: int, batch: int) -> dict:
+    """Greedy completions of every eval prompt, checked by the verifier (``check_answer``)."""
+    config, params = load_hf(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    eos = tuple(sorted({*config.eos_token_ids, tokenizer.eos_token_id}))
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=0.0, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id
+    )
+    correct, by_level = [], defaultdict(list)
+    examples = []
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        prompts = [r["prompt"] for r in chunk] + [chunk[0]["prompt"]] * (batch - len(chunk))
+        enc = encode_prompts(tokenizer, prompts, prompt_len, chat=False)
+        out = generate(config, params, enc["tokens"], enc["mask"], jax.random.key(0), sampling)
+        tokens, lengths = jax.device_get((out.tokens, out.lengths))
+        texts = tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths, strict=True)], skip_special_tokens=True)
+        for r, text in zip(chunk, texts, strict=False):
+            ok = check_answer(r["prompt"], text)
+            correct.append(ok)
+            by_level[str(r.get("difficulty", "all"))].append(ok)
+            if len(examples) < 8:
+                examples.append({"prompt": r["prompt"], "completion": text, "correct": ok})
+    return {
+        "accuracy": float(np.mean(correct)),
+        "num_examples": len(correct),
+        "accuracy_by_difficulty": {k: float(np.mean(v)) for k, v in sorted(by_level.items())},
+        "examples": examples,
+    }
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """``train/`` records of a run's metrics.jsonl, one per step (a resumed run's later line wins)."""
+    by_step = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "train/reward" in rec:
+                by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def smooth(x: np.ndarray, k: int = 5) -> np.ndarray:
+    if len(x) < k:
+        return x
+    return np.convolve(np.pad(x, (k // 2, k - 1 - k // 2), mode="edge"), np.ones(k) / k, mode="valid")
+
+
+def plot(runs: dict[str, list[dict]], out_png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("train/reward", "reward (mean over rollout)"),
+        ("train/reward/arithmetic", "verifier accuracy of the samples"),
+        ("train/kl", "KL(policy || reference), nats / sequence"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for label, recs in runs.items():
+            steps = np.asarray([r["step"] for r in recs])
+            vals = np.asarray([r.get(key, np.nan) for r in recs], float)
+            (line,) = ax.plot(steps, vals, alpha=0.3)
+            ax.plot(steps, smooth(vals), color=line.get_color(), label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step (one rollout)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        label, _, path = item.partition("=")
+        out[label] = path
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", help="LABEL=HF_DIR to evaluate")
+    parser.add_argument("--run", action="append", help="LABEL=WORKDIR whose metrics to plot")
+    parser.add_argument("--eval", default="data/arithmetic/eval.jsonl")
+    parser.add_argument("--timings", default="", help="JSONL of {stage, seconds} written by run.sh")
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    records = [json.loads(line) for line in open(args.eval)]
+    report: dict = {"eval_data": args.eval, "decoding": "greedy", "models": {}, "runs": {}}
+    for label, path in _pairs(args.model).items():
+        result = accuracy(path, records, args.prompt_len, args.max_new_tokens, args.batch)
+        report["models"][label] = {"path": path, **result}
+        print(f"{label:>6}: exact-match accuracy {report['models'][label]['accuracy']:.4f} ({path})", flush=True)
+    runs = {label: read_metrics(path) for label, path in _pairs(args.run).items()}
+    for label, recs in runs.items():
+        first = recs[0]
+        tail = recs[-10:]
+        report["runs"][label] = {
+            "steps": len(recs),
+            "reward_first": first["train/reward"],
+            "reward_last10_mean": float(np.mean([r["train/reward"] for r in tail])),
+            "sample_accuracy_first": first.get("train/reward/arithmetic"),
+            "sample_accuracy_last10_mean": float(np.mean([r.get("train/reward/arithmetic", np.nan) for r in tail])),
+            "kl_last10_mean": float(np.mean([r["train/kl"] for r in tail])),
+        }
+    if args.timings and os.path.exists(args.timings):
+        report["wall_time_s"] = {
+            json.loads(line)["stage"]: json.loads(line)["seconds"] for line in open(args.timings) if line.strip()
+        }
+    if runs:
+        plot(runs, os.path.join(args.out, "reward_kl.png"))
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps({k: v["accuracy"] for k, v in report["models"].items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Rewards for online RL (PPO, GRPO): functions of decoded completions, reward models, weighted sums.
+
+Every reward function maps one rollout, a :class:`RewardInput` (``prompts``, decoded ``completions``, the
+prompt ``records`` they came from and ``finished``: whether each completion ended with EOS), to one float per
+completion. ``config.rewards`` is a list of ``{kind, weight, name?, ...}`` dicts; :func:`build_rewards` turns
+it into a :class:`WeightedReward` whose total is ``sum_i weight_i * r_i`` and which also reports every
+component (``reward/<name>``). Kinds:
+
+- ``arithmetic``: the verifier of ``jaxpt.data.tasks`` (``check_answer(prompt, completion)``): ``correct``
+  (1.0) for the exact answer, else ``incorrect`` (0.0). Needs ``"a+b="`` / ``"a-b="`` prompts.
+- ``exact_match``: the stripped completion (its first line) equals ``str(record[answer_key])``.
+- ``format``: the stripped completion matches ``pattern`` (``mode`` = ``fullmatch`` / ``match`` /
+  ``search``), and, with ``require_eos``, the completion ended with EOS; ``matched`` (1.0) / ``unmatched``.
+- ``reward_model``: a :class:`jaxpt.models.reward.ScalarHeadModel` loaded from a HF
+  ``*ForSequenceClassification`` directory or an RM run (``path``: the run's ``export/`` is used), scoring
+  ``prompt + completion (+ EOS if the completion finished)`` tokenised as the preference data is
+  (``jaxpt/data/preference.py``), i.e. exactly as the reward model was trained. ``max_length`` (tokens kept,
+  from the end), ``batch_size`` (rows per forward; 0 = all), ``shift``/``scale`` (``(r + shift) * scale``).
+- ``python``: any importable ``fn="package.module:function"`` called as ``function(prompts, completions,
+  records)`` (plus ``finished=`` if it accepts it) returning one float per completion.
+
+New kinds can be added with :func:`register_reward`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpt.data.tasks import check_answer
+from jaxpt.data.tokenizer import encode_chat_completion, encode_prompt, is_messages, load_tokenizer
+
+
+@dataclasses.dataclass
+class RewardInput:
+    """One rollout as reward functions see it (all lists have one entry per completion)."""
+
+    prompts: list[Any]  # the prompt as in the data: a string or a list of chat messages
+    completions: list[str]  # decoded without special tokens
+    records: list[dict[str, Any]]  # the full data records (answers, metadata)
+    finished: np.ndarray  # bool: the completion ended with EOS (was not cut at max_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+RewardFn = Callable[[RewardInput], np.ndarray]
+REWARD_KINDS: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register_reward(kind: str):
+    """Decorator: ``@register_reward("mine") def factory(**options) -> RewardFn``."""
+
+    def wrap(factory):
+        REWARD_KINDS[kind] = factory
+        return factory
+
+    return wrap
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if is_messages(prompt):
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        return users[-1] if users else prompt[-1]["content"]
+    raise ValueError(f"prompt must be a string or chat messages, got {type(prompt).__name__}")
+
+
+# ------------------------------------------------------------------------------------ verifiable rewards
+@register_reward("arithmetic")
+def arithmetic_reward(correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
+    def fn(x: RewardInput) -> np.ndarray:
+        ok = [check_answer(_prompt_text(p), c) for p, c in zip(x.prompts, x.completions, strict=True)]
+        return np.where(ok, correct, incorrect).astype(np.float32)
+
+    return fn
+
+
+@register_reward("exact_match")
+def exact_match_reward(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
+    def fn(x: RewardInput) -> np.ndarray:
+        ok = []
+        for record, completion in zip(x.records, x.completions, strict=True):
+            if answer_key not in record:
+                raise KeyError(f"exact_match reward: record has no {answer_key!r} field: {sorted(record)}")
+            lines = completion.strip().splitlines()
+            ok.append(bool(lines) and lines[0].strip() == str(record[answer_key]).strip())
+        return np.where(ok, correct, incorrect).astype(np.float32)
+
+    return fn
+
+
+@register_reward("format")
+def format_reward(
+    pattern: str = r"-?\d+",
+    mode: str = "fullmatch",
+    require_eos: bool = True,
+    matched: float = 1.0,
+    unmatched: float = 0.0,
+    strip: bool = True,
+) -> RewardFn:
+    if mode not in ("fullmatch", "match", "search"):
+        raise ValueError(f"format reward: mode={mode!r}; expected fullmatch, match or search")
+    regex = re.compile(pattern, re.DOTALL)
+    test = getattr(regex, mode)
+
+    def fn(x: RewardInput) -> np.ndarray:
+        ok = np.asarray([test(c.strip() if strip else c) is not None for c in x.completions], bool)
+        if require_eos:
+            ok &= np.asarray(x.finished, bool)
+        return np.where(ok, matched, unmatched).astype(np.float32)
+
+    return fn
+
+
+@register_reward("python")
+def python_reward(fn: str) -> RewardFn:
+    module_name, _, attr = fn.partition(":")
+    if not attr:
+        raise ValueError(f"python reward: fn={fn!r} must look like 'package.module:function'")
+    target = getattr(importlib.import_module(module_name), attr)
+    takes_finished = "finished" in inspect.signature(target).parameters
+
+    def call(x: RewardInput) -> np.ndarray:
+        kwargs = {"finished": x.finished} if takes_finished else {}
+        return np.asarray(target(x.prompts, x.completions, x.records, **kwargs), np.float32)
+
+    return call
+
+
+# ------------------------------------------------------------------------------------------ reward model
+def resolve_model_dir(path: str) -> str:
+    """A HF directory, or an RM run workdir (its ``export/``)."""
+    if os.path.exists(os.path.join(path, "config.json")) and any(
+        f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(path)
+    ):
+        return path
+    export = os.path.join(path, "export")
+    if os.path.isdir(export):
+        return export
+    raise FileNotFoundError(
+        f"reward model {path!r}: neither a HF *ForSequenceClassification directory nor a run with export/"
+    )
+
+
+class RewardModelScorer:
+    """Scores ``prompt + completion`` with a frozen scalar-head model (jitted, optionally sharded)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        tokenizer: Any = None,
+        mesh: Any = None,
+        rules: Any = None,
+        max_length: int = 512,
+        batch_size: int = 0,
+        dtype: str | None = None,
+    ):
+        from jaxpt.models.config import ModelConfig
+        from jaxpt.models.hf import load_hf
+        from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
+        from jaxpt.sharding import param_shardings
+
+        self.path = resolve_model_dir(path)
+        if os.path.exists(os.path.join(self.path, "tokenizer_config.json")):
+            tokenizer = load_tokenizer(self.path)
+        if tokenizer is None:
+            raise ValueError(f"reward model {self.path!r} has no tokenizer files and none was given")
+        self.tokenizer = tokenizer
+        run = {"dtype": dtype} if dtype else {}
+        config = ModelConfig.from_hf(self.path, **run)
+        shardings = None
+        if mesh is not None and rules is not None:
+            shardings = param_shardings(abstract_reward_params(config), mesh, rules)
+        self.config, self.params = load_hf(self.path, head="score", shardings=shardings, **run)
+        self.mesh, self.max_length, self.batch_size = mesh, int(max_length), int(batch_size)
+        model = ScalarHeadModel(self.config)
+        self._apply = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+
+    def tokenize(self, prompt: Any, completion: str, finished: bool) -> list[int]:
+        tok = self.tokenizer
+        if is_messages(prompt):
+            prompt_ids, completion_ids = encode_chat_completion(tok, list(prompt), completion)
+            if not finished:  # an unfinished reply gets no end-of-turn tokens
+                completion_ids = list(tok(completion, add_special_tokens=False)["input_ids"])
+        else:
+            prompt_ids = encode_prompt(tok, prompt, chat=False)
+            completion_ids = list(tok(completion, add_special_tokens=False)["input_ids"])
+            if finished:
+                completion_ids.append(int(tok.eos_token_id))
+        return (list(prompt_ids) + list(completion_ids))[-self.max_length :]
+
+    def __call__(self, x: RewardInput) -> np.ndarray:
+        rows = [
+            self.tokenize(p, c, bool(f))
+            for p, c, f in zip(x.prompts, x.completions, np.asarray(x.finished), strict=True)
+        ]
+        n = len(rows)
+        chunk = self.batch_size or n
+        if self.mesh is not None:  # rows split over the batch axes of the mesh
+            k = int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]))
+            chunk = -(-chunk // k) * k
+        width = max(max((len(r) for r in rows), default=1), 1)
+        width = min(-(-width // 64) * 64, self.max_length)  # few distinct shapes, few compiles
+        pad = self.tokenizer.pad_token_id or 0
+        out = []
+        for start in range(0, n, chunk):
+            part = rows[start : start + chunk]
+            tokens = np.full((chunk, width), pad, np.int32)
+            seg = np.zeros((chunk, width), np.int32)
+            for i, r in enumerate(part):
+                tokens[i, : len(r)] = r
+                seg[i, : len(r)] = 1
+            pos = np.maximum(np.cumsum(seg, axis=1) - 1, 0) * seg
+            arrays = [tokens, pos, seg]
+            if self.mesh is not None:
+                from jaxpt.sharding import batch_sharding
+
+                arrays = [jax.device_put(a, batch_sharding(self.mesh)) for a in arrays]
+            scores = np.asarray(jax.device_get(self._apply(self.params, *arrays)), np.float32)
+            out.append(scores[: len(part)])
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+@register_reward("reward_model")
+def reward_model_reward(
+    path: str,
+    max_length: int = 512,
+    batch_size: int = 0,
+    shift: float = 0.0,
+    scale: float = 1.0,
+    dtype: str = "",
+    *,
+    tokenizer: Any = None,
+    mesh: Any = None,
+    rules: Any = None,
+) -> RewardFn:
+    scorer = RewardModelScorer(
+        path,
+        tokenizer=tokenizer,
+        mesh=mesh,
+        rules=rules,
+        max_length=max_length,
+        batch_size=batch_size,
+        dtype=dtype or None,
+    )
+
+    def fn(x: RewardInput) -> np.ndarray:
+        return ((scorer(x) + shift) * scale).astype(np.float32)
+
+    fn.scorer = scorer  # type: ignore[attr-defined]
+    return fn
+
+
+# -------------------------------------------------------------------------------------------- weighted sum
+@dataclasses.dataclass
+class WeightedReward:
+    """``total = sum_i weight_i * r_i``; ``__call__`` returns ``(total [N], {name: r_i [N]})``."""
+
+    names: list[str]
+    weights: list[float]
+    fns: list[RewardFn]
+
+    def __call__(self, x: RewardInput) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        total = np.zeros((len(x),), np.float32)
+        parts = {}
+        for name, weight, fn in zip(self.names, self.weights, self.fns, strict=True):
+            r = np.asarray(fn(x), np.float32).reshape(-1)
+            if r.shape != (len(x),):
+                raise ValueError(f"reward {name!r} returned {r.shape[0]} values for {len(x)} completions")
+            parts[name] = r
+            total += np.float32(weight) * r
+        return total, parts
+
+
+_BUILD_TIME = ("tokenizer", "mesh", "rules")
+
+
+def build_rewards(
+    specs: Sequence[dict[str, Any]], *, tokenizer: Any = None, mesh: Any = None, rules: Any = None
+) -> WeightedReward:
+    """``config.rewards`` -> :class:`WeightedReward`. Each spec: ``{kind, weight=1, name=kind, **options}``."""
+    if not specs:
+        raise ValueError("config.rewards is empty: an online RL run needs at least one reward")
+    names, weights, fns = [], [], []
+    for spec in specs:
+        spec = dict(spec)
+        kind = spec.pop("kind", None)
+        if kind not in REWARD_KINDS:
+            raise ValueError(f"unknown reward kind {kind!r}; available: {', '.join(sorted(REWARD_KINDS))}")
+        weight = float(spec.pop("weight", 1.0))
+        name = str(spec.pop("name", kind))
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        factory = REWARD_KINDS[kind]
+        params = inspect.signature(factory).parameters
+        unknown = sorted(set(spec) - set(params))
+        if unknown:
+            known = sorted(p for p in params if p not in _BUILD_TIME)
+            raise ValueError(f"reward {name!r} ({kind}): unknown options {unknown}; known: {known}")
+        extra = {k: v for k, v in (("tokenizer", tokenizer), ("mesh", mesh), ("rules", rules)) if k in params}
+        names.append(name)
+        weights.append(weight)
+        fns.append(factory(**spec, **extra))
+    return WeightedReward(names, weights, fns)
+
+
+__all__ = [
+    "REWARD_KINDS",
+    "RewardInput",
+    "RewardModelScorer",
+    "WeightedReward",
+    "build_rewards",
+    "register_reward",
+    "resolve_model_dir",
+]
