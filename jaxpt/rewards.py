@@ -85,6 +85,29 @@ def arithmetic_reward(correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
     return fn
 
 
+@register_reward("arithmetic_digits")
+def arithmetic_digits_reward(per_digit: float = 1.0) -> RewardFn:
+    """Partial credit from the same verifier: the fraction of the answer's digits that are right, aligned
+    from the units digit, over ``max(len(answer), len(prediction))`` (so extra or missing digits cost);
+    0 when the completion does not start with an integer. ``per_digit`` scales it (1 = exact answer)."""
+    from jaxpt.data.tasks import parse_answer, solve
+
+    def score(prompt: str, completion: str) -> float:
+        got = parse_answer(completion)
+        if got is None:
+            return 0.0
+        want, have = str(solve(prompt)), str(got)
+        hits = sum(a == b for a, b in zip(reversed(want), reversed(have), strict=False))
+        return hits / max(len(want), len(have))
+
+    def fn(x: RewardInput) -> np.ndarray:
+        return per_digit * np.asarray(
+            [score(_prompt_text(p), c) for p, c in zip(x.prompts, x.completions, strict=True)], np.float32
+        )
+
+    return fn
+
+
 @register_reward("exact_match")
 def exact_match_reward(answer_key: str = "answer", correct: float = 1.0, incorrect: float = 0.0) -> RewardFn:
     def fn(x: RewardInput) -> np.ndarray:

@@ -30,6 +30,12 @@ def test_arithmetic_verifier_reward():
     assert build_rewards([{"kind": "arithmetic", "correct": 2.0, "incorrect": -1.0}])(_input(chat, ["4"]))[0][0] == 2
 
 
+def test_arithmetic_digit_partial_credit():
+    fn = build_rewards([{"kind": "arithmetic_digits"}])
+    x = _input(["98+38="] * 5, ["136", "138", "36", "1360", "x"])
+    np.testing.assert_allclose(fn(x)[0], [1.0, 2 / 3, 2 / 3, 0.0, 0.0], rtol=1e-6)  # aligned from the units
+
+
 def test_exact_match_and_format():
     x = _input(
         ["a", "b", "c", "d"],

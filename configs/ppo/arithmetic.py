@@ -5,8 +5,9 @@ jaxpt train --config=configs/ppo/arithmetic.py --workdir=runs/ppo
 jaxpt train --config=configs/ppo/arithmetic.py:tiny --workdir=/tmp/p   # a tiny from-scratch model, for tests
 
 Rewards: 1 for the exact answer (the arithmetic verifier), + 0.1 for a well-formed answer (an integer, then
-EOS); completions cut before EOS lose ``ppo.missing_eos_penalty``. Per-token KL penalty to the frozen SFT
-model, GAE, whitened advantages, clipped policy and value losses, 4 PPO epochs over 2 minibatches of 32.
+EOS); completions cut before EOS lose ``ppo.missing_eos_penalty``. Each step samples 4 completions at
+temperature 0.6 for each of 128 prompts (512 rows); per-token KL penalty (0.02) to the frozen SFT model, GAE,
+whitened advantages, clipped policy and value losses, 2 PPO epochs over 2 minibatches of 256.
 The value model starts from the SFT decoder with a fresh scalar head (``ppo.value_model_path`` = a reward
 model's dir / RM run to start from a reward model instead).
 """
@@ -35,13 +36,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
         )
     )
     c.rollout = ConfigDict(
-        dict(max_prompt_len=16, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0, old_logprobs="sampler")
+        dict(max_prompt_len=16, max_new_tokens=8, temperature=0.6, top_k=0, top_p=1.0, old_logprobs="sampler")
     )
     c.ppo = ConfigDict(
         dict(
-            samples_per_prompt=1,
-            epochs=4,
-            mini_batch_size=32,
+            samples_per_prompt=4,
+            epochs=2,
+            mini_batch_size=256,
             cliprange=0.2,
             cliprange_value=0.2,
             vf_coef=0.1,
@@ -50,7 +51,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             lam=0.95,
             whiten_rewards=False,
             whiten_advantages=True,
-            kl_coef=0.05,
+            kl_coef=0.02,
             kl_estimator="k1",
             adaptive_kl=False,
             kl_target=6.0,
@@ -63,15 +64,25 @@ def get_config(arg: str | None = None) -> ConfigDict:
         dict(kind="arithmetic", weight=1.0),
         dict(kind="format", weight=0.1, pattern=r"-?\d+", mode="fullmatch", require_eos=True),
     ]
-    c.train = train_config(steps=60, batch_size=64, log_every=1, eval_every=20, checkpoint_every=20)
+    c.train = train_config(steps=300, batch_size=128, log_every=1, eval_every=100, checkpoint_every=100)
     c.optimizer = optimizer_config(lr=3e-5, warmup_steps=5, weight_decay=0.0, end_lr_factor=0.5)
     c.mesh = mesh_config()
     if arg == "tiny":  # from scratch, char tokenizer: runs anywhere in seconds (tests)
         c.model = model_config(scratch=tiny_llama(hidden_size=64, intermediate_size=128, num_attention_heads=4))
         c.tokenizer = ConfigDict(dict(path="", builtin="char"))
         c.data.eval_prompts = 16
-        c.rollout.update(dict(max_prompt_len=12, max_new_tokens=4))
-        c.ppo.update(dict(epochs=2, mini_batch_size=8, adaptive_kl=True, kl_target=0.5, kl_horizon=100.0))
+        c.rollout.update(dict(max_prompt_len=12, max_new_tokens=4, temperature=1.0))
+        c.ppo.update(
+            dict(
+                samples_per_prompt=1,
+                epochs=2,
+                mini_batch_size=8,
+                kl_coef=0.05,
+                adaptive_kl=True,
+                kl_target=0.5,
+                kl_horizon=100.0,
+            )
+        )
         c.rewards = [
             dict(kind="arithmetic", weight=1.0),
             dict(kind="format", weight=0.5, pattern=r"\d", mode="match", require_eos=False),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import defaultdict
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jaxpt.data.tasks import check_answer  # noqa: E402
+from jaxpt.data.tasks import check_answer, make_arithmetic_examples  # noqa: E402
 from jaxpt.data.tokenizer import encode_prompts, load_tokenizer  # noqa: E402
 from jaxpt.generation.sampler import SamplingConfig, generate  # noqa: E402
 from jaxpt.models.hf import load_hf  # noqa: E402
@@ -58,7 +59,24 @@ def accuracy(model_dir: str, records: list[dict], prompt_len: int, max_new_token
         "num_examples": len(correct),
         "accuracy_by_difficulty": {k: float(np.mean(v)) for k, v in sorted(by_level.items())},
         "examples": examples,
+        "correct": correct,  # per example, for the paired comparison (dropped from report.json)
     }
+
+
+def paired(base: list[bool], new: list[bool]) -> dict:
+    """Paired comparison on the same problems: how many the new model fixed / broke, and the exact two-sided
+    McNemar (sign) test p-value of "no change" over the discordant pairs."""
+    fixed = sum((not a) and b for a, b in zip(base, new, strict=True))
+    broken = sum(a and (not b) for a, b in zip(base, new, strict=True))
+    n, k = fixed + broken, min(fixed, broken)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"fixed": fixed, "broken": broken, "mcnemar_p": p}
+
+
+def fresh_problems(n: int, seed: int, exclude_files: list[str]) -> list[dict]:
+    """``n`` new 2-digit problems (level 2) from the same generator, none of them in ``exclude_files``."""
+    seen = {json.loads(line)["prompt"] for f in exclude_files for line in open(f)}
+    return make_arithmetic_examples(n, seed, levels=(2,), exclude=seen)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -117,6 +135,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", action="append", help="LABEL=HF_DIR to evaluate")
     parser.add_argument("--run", action="append", help="LABEL=WORKDIR whose metrics to plot")
     parser.add_argument("--eval", default="data/arithmetic/eval.jsonl")
+    parser.add_argument(
+        "--heldout", type=int, default=2000, help="also score this many fresh level-2 problems (0: none)"
+    )
+    parser.add_argument("--train", default="data/arithmetic/train.jsonl", help="excluded from --heldout")
     parser.add_argument("--timings", default="", help="JSONL of {stage, seconds} written by run.sh")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -124,12 +146,34 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    records = [json.loads(line) for line in open(args.eval)]
-    report: dict = {"eval_data": args.eval, "decoding": "greedy", "models": {}, "runs": {}}
+    sets = {"eval": [json.loads(line) for line in open(args.eval)]}
+    if args.heldout:
+        sets["heldout"] = fresh_problems(args.heldout, 4321, [args.train, args.eval])
+    report: dict = {
+        "eval_sets": {"eval": args.eval, "heldout": f"{args.heldout} fresh level-2 problems (seed 4321)"},
+        "decoding": "greedy",
+        "models": {},
+        "runs": {},
+    }
     for label, path in _pairs(args.model).items():
-        result = accuracy(path, records, args.prompt_len, args.max_new_tokens, args.batch)
-        report["models"][label] = {"path": path, **result}
-        print(f"{label:>6}: exact-match accuracy {report['models'][label]['accuracy']:.4f} ({path})", flush=True)
+        report["models"][label] = {"path": path}
+        for name, records in sets.items():
+            result = accuracy(path, records, args.prompt_len, args.max_new_tokens, args.batch)
+            report["models"][label][name] = result
+            print(f"{label:>8} {name:>8}: exact-match accuracy {result['accuracy']:.4f} ({path})", flush=True)
+    labels = list(report["models"])
+    for label in labels[1:]:  # every model against the first (the SFT start), problem by problem
+        for name in sets:
+            base, new = report["models"][labels[0]][name]["correct"], report["models"][label][name]["correct"]
+            report["models"][label][name][f"vs_{labels[0]}"] = cmp = paired(base, new)
+            print(
+                f"{label:>8} {name:>8}: vs {labels[0]} fixed {cmp['fixed']}, broke {cmp['broken']}, "
+                f"McNemar p={cmp['mcnemar_p']:.2g}",
+                flush=True,
+            )
+    for label in labels:
+        for name in sets:
+            report["models"][label][name].pop("correct")
     runs = {label: read_metrics(path) for label, path in _pairs(args.run).items()}
     for label, recs in runs.items():
         first = recs[0]
@@ -150,7 +194,7 @@ def main(argv=None) -> None:
         plot(runs, os.path.join(args.out, "reward_kl.png"))
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print(json.dumps({k: v["accuracy"] for k, v in report["models"].items()}))
+    print(json.dumps({k: {n: v[n]["accuracy"] for n in sets} for k, v in report["models"].items()}))
 
 
 if __name__ == "__main__":
