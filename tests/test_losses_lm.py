@@ -8,6 +8,7 @@ import pytest
 from jaxpt.losses.lm import (
     chunked_cross_entropy,
     cross_entropy_loss,
+    fused_cross_entropy,
     masked_mean,
     sequence_logprobs,
     token_entropy,
@@ -178,5 +179,39 @@ def test_chunked_cross_entropy_bf16_inputs():
     hidden, kernel, _, targets, mask = _head_data(5, 2, 6, 8, 19)
     l1, _ = cross_entropy_loss(hidden @ kernel, targets, mask)
     l2, _ = chunked_cross_entropy(hidden.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), targets, mask, 4)
+    assert l2.dtype == jnp.float32
+    np.testing.assert_allclose(l2, l1, rtol=3e-2)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 8, 26, 100])
+def test_fused_cross_entropy_matches_unfused_value_and_grads(chunk_size):
+    b, t, e, v = 2, 13, 16, 37  # B*T = 26: 5 and 8 exercise the padding, 100 is one clipped chunk.
+    hidden, kernel, _, targets, mask = _head_data(6, b, t, e, v)
+    full = lambda h, w: cross_entropy_loss(h @ w, targets, mask)
+    fused = lambda h, w: fused_cross_entropy(h, w, targets, mask, chunk_size)
+    for scale in (1.0, -2.5):  # the backward must scale the saved gradients by the incoming cotangent
+        (l1, a1), g1 = jax.value_and_grad(lambda h, w, s=scale: (s * full(h, w)[0], full(h, w)[1]), (0, 1), True)(
+            hidden, kernel
+        )
+        (l2, a2), g2 = jax.jit(
+            jax.value_and_grad(lambda h, w, s=scale: (s * fused(h, w)[0], fused(h, w)[1]), (0, 1), True)
+        )(hidden, kernel)
+        np.testing.assert_allclose(l2, l1, rtol=1e-5)
+        for k in ("num_tokens", "correct", "nll_sum"):
+            np.testing.assert_allclose(a2[k], a1[k], rtol=1e-5)
+        for x, y in zip(g2, g1, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_cross_entropy_never_materialises_full_logits_and_takes_bf16():
+    b, t, e, v, chunk = 4, 16, 8, 256, 4
+    hidden, kernel, _, targets, mask = _head_data(7, b, t, e, v)
+    f = lambda h, w: fused_cross_entropy(h, w, targets, mask, chunk)[0]
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(f, argnums=(0, 1)))(hidden, kernel)
+    avals = [a for a in _all_avals(jaxpr) if hasattr(a, "shape")]
+    assert any(tuple(a.shape) == (chunk, v) for a in avals)
+    assert max(int(np.prod(a.shape)) for a in avals) <= e * v
+    l1, _ = cross_entropy_loss(hidden @ kernel, targets, mask)
+    l2, _ = fused_cross_entropy(hidden.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), targets, mask, 8)
     assert l2.dtype == jnp.float32
     np.testing.assert_allclose(l2, l1, rtol=3e-2)

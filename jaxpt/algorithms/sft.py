@@ -13,15 +13,20 @@ from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
 from jaxpt.data.sft import SFTDataIterator, build_sft_dataset, make_batch, pack_examples, unpacked_rows
-from jaxpt.losses.lm import chunked_cross_entropy, cross_entropy_loss
+from jaxpt.losses.lm import chunked_cross_entropy, cross_entropy_loss, fused_cross_entropy
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
 from jaxpt.models.factory import model_params_from
 from jaxpt.models.hf import save_hf
 
 
-def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int):
-    """``(nll_sum, num_tokens, correct)`` of the batch's masked targets."""
+def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int, train: bool = True):
+    """``(nll_sum, num_tokens, correct)`` of the batch's masked targets.
+
+    ``chunk_size`` below the batch's token count splits the vocabulary projection into blocks of that many
+    tokens: for training, ``fused_cross_entropy`` (gradients made in the forward pass, no ``[B*T, V]``
+    logits); for evaluation (``train=False``), ``chunked_cross_entropy`` (no gradient work).
+    """
     hidden, _ = Decoder(config).apply(
         {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
     )
@@ -30,10 +35,21 @@ def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk
     if chunk_size >= mask.size:  # one chunk: plain logits, no recomputation in the backward pass
         logits = jnp.einsum("bte,ev->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
         loss, aux = cross_entropy_loss(logits, batch["targets"], mask)
+    elif train:
+        loss, aux = fused_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)
     else:
         loss, aux = chunked_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)
     num_tokens = aux["num_tokens"]
     return loss * jnp.maximum(num_tokens, 1.0), num_tokens, aux["correct"]
+
+
+def loss_chunk_size(given: int, vocab_size: int, tokens: int) -> int:
+    """Tokens per block of the vocabulary projection: ``given`` if set, else blocks of ~4M logits (16 MB in
+    float32, cache-sized on CPU), and one block (plain logits) when the whole batch is no bigger than that."""
+    if given:
+        return int(given)
+    auto = max(256, (1 << 22) // vocab_size)
+    return auto if auto < tokens else tokens
 
 
 def make_loss_fn(config: ModelConfig, chunk_size: int):
@@ -46,7 +62,7 @@ def make_loss_fn(config: ModelConfig, chunk_size: int):
 
 def make_eval_fn(config: ModelConfig, chunk_size: int):
     def eval_fn(params, batch, frozen):
-        nll_sum, num_tokens, correct = lm_loss(config, params, batch, chunk_size)
+        nll_sum, num_tokens, correct = lm_loss(config, params, batch, chunk_size, train=False)
         return {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": correct}
 
     return eval_fn
@@ -62,10 +78,7 @@ def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id
     """One pass over ``examples`` in order (for eval); the last batch is filled with empty rows."""
     rows = pack_examples(examples, seq_len) if packing else unpacked_rows(examples)
     rows += [[] for _ in range(-len(rows) % batch_size)]
-    return [
-        make_batch(examples, rows[i : i + batch_size], seq_len, pad_id)
-        for i in range(0, len(rows), batch_size)
-    ]
+    return [make_batch(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
 
 
 def generation_exact_match(
@@ -111,10 +124,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     eval_batches = []
     if d.get("eval"):
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=d.completion_only)
-        eval_batches = fixed_batches(
-            examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id
-        )
-    chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
+        eval_batches = fixed_batches(examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id)
+    chunk = loss_chunk_size(
+        config.train.get("loss_chunk_size", 0), model_config.vocab_size, seq_len * config.train.batch_size
+    )
 
     after_eval = None
     em = config.get("eval", {}).get("exact_match_examples", 0)

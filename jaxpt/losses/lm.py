@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -100,9 +101,7 @@ def chunked_cross_entropy(
     m = m.reshape(n_chunks, chunk_size)
 
     @jax.checkpoint
-    def chunk_stats(
-        kernel: Array, bias: Array | None, hc: Array, tc: Array, mc: Array
-    ) -> tuple[Array, Array]:
+    def chunk_stats(kernel: Array, bias: Array | None, hc: Array, tc: Array, mc: Array) -> tuple[Array, Array]:
         logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
@@ -118,3 +117,74 @@ def chunked_cross_entropy(
     loss = nll_sum / jnp.maximum(num_tokens, 1.0)
     aux = {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": jnp.sum(corrects)}
     return loss, aux
+
+
+def fused_cross_entropy(
+    hidden: Array, head_kernel: Array, targets: Array, loss_mask: Array, chunk_size: int
+) -> tuple[Array, dict[str, Array]]:
+    """``cross_entropy_loss(hidden @ head_kernel, ...)`` with its gradient computed in the forward pass.
+
+    The loss is a masked *sum*, so ``d nll_sum / d logits = mask * (softmax - onehot)`` is known without the
+    cotangent. Each ``[chunk, V]`` block of logits is made, reduced to its loss and turned into its share of
+    ``d hidden`` and ``d kernel`` at once (the "fused linear cross-entropy" of Liger-Kernel / Apple's
+    cut-cross-entropy, in plain JAX): three matmuls like the unfused loss, but no ``[B*T, V]`` logits, softmax
+    or transposed gradient buffer ever exists, and on CPU the block stays in cache. The backward pass only
+    scales the saved gradients. Same ``(loss, aux)`` as ``cross_entropy_loss``; the gradient flows to
+    ``hidden`` and ``head_kernel`` (not through ``aux["correct"]``).
+    """
+    emb = hidden.shape[-1]
+    h = hidden.reshape(-1, emb)
+    t = targets.reshape(-1).astype(jnp.int32)
+    m = loss_mask.reshape(-1).astype(jnp.float32)
+    n = h.shape[0]
+    chunk = max(1, min(chunk_size, n))
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    if pad:
+        h, t, m = jnp.pad(h, ((0, pad), (0, 0))), jnp.pad(t, (0, pad)), jnp.pad(m, (0, pad))
+
+    def forward(h: Array, kernel: Array, t: Array, m: Array):
+        vocab = kernel.shape[-1]
+
+        def block(d_kernel, xs):
+            hc, tc, mc = xs
+            logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
+            lse = jax.nn.logsumexp(logits, axis=-1)
+            picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
+            nll = jnp.sum((lse - picked) * mc)
+            correct = jnp.sum((jnp.argmax(logits, axis=-1) == tc) * mc)
+            d_logits = jnp.exp(logits - lse[:, None]) * mc[:, None]
+            d_logits = d_logits - jax.nn.one_hot(tc, vocab, dtype=jnp.float32) * mc[:, None]
+            d_h = jnp.dot(d_logits.astype(hc.dtype), kernel.T, preferred_element_type=jnp.float32)
+            d_kernel = d_kernel + jnp.dot(hc.T, d_logits.astype(hc.dtype), preferred_element_type=jnp.float32)
+            return d_kernel, (nll, correct, d_h.astype(hc.dtype))
+
+        # Strided chunks (token i goes to chunk i % n_chunks): each chunk spans every row of the batch, so
+        # it stays split over the batch's data shards.
+        def strided(x):
+            return x.reshape(chunk, n_chunks, *x.shape[1:]).swapaxes(0, 1)
+
+        xs = (strided(h), strided(t), strided(m))
+        d_kernel, (nll, correct, d_h) = jax.lax.scan(block, jnp.zeros(kernel.shape, jnp.float32), xs)
+        d_h = d_h.swapaxes(0, 1).reshape(h.shape)
+        return (jnp.sum(nll), jnp.sum(correct)), (d_h, d_kernel.astype(kernel.dtype))
+
+    @jax.custom_vjp
+    def nll_and_correct(h, kernel, t, m):
+        return forward(h, kernel, t, m)[0]
+
+    def fwd(h, kernel, t, m):
+        out, grads = forward(h, kernel, t, m)
+        return out, (grads, t, m)
+
+    def bwd(res, cotangents):
+        (d_h, d_kernel), t, m = res
+        g = cotangents[0]
+        float0 = np.zeros(t.shape, dtype=jax.dtypes.float0)
+        return (g * d_h).astype(d_h.dtype), (g * d_kernel).astype(d_kernel.dtype), float0, jnp.zeros_like(m)
+
+    nll_and_correct.defvjp(fwd, bwd)
+    nll_sum, correct = nll_and_correct(h, head_kernel, t, m)
+    num_tokens = jnp.sum(m)
+    loss = nll_sum / jnp.maximum(num_tokens, 1.0)
+    return loss, {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": jax.lax.stop_gradient(correct)}

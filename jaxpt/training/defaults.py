@@ -8,9 +8,7 @@ from jaxpt.training.optimizer import optimizer_config
 
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ConfigDict:
     """Mesh sizes (-1 = the remaining devices) and the one logical-axis rules table."""
-    return ConfigDict(
-        dict(data=data, fsdp=fsdp, tensor=tensor, rules=[[name, axes] for name, axes in DEFAULT_RULES])
-    )
+    return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=[[name, axes] for name, axes in DEFAULT_RULES]))
 
 
 def train_config(**overrides) -> ConfigDict:
@@ -27,7 +25,7 @@ def train_config(**overrides) -> ConfigDict:
             best_metric="",
             best_mode="min",
             export_hf=True,
-            loss_chunk_size=0,  # 0 = one chunk (no chunking of the vocabulary projection)
+            loss_chunk_size=0,  # tokens per block of the LM-head loss; 0 = auto (~4M logits a block, see sft.py)
             peak_flops=0.0,  # 0 = measure a matmul peak at start-up, for MFU
         )
     )
