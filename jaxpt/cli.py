@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the process's own entry point (never when called in-process, e.g. by tests)
+        from jaxpt.utils.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
     logging.basicConfig(
         level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )

@@ -246,6 +246,10 @@ _register_plugin_cases()
 
 
 def main(argv=None) -> None:
+    if argv is None:  # as the CLI does: host memory on transparent huge pages (jaxpt/utils/hugepages.py)
+        from jaxpt.utils.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -266,6 +270,7 @@ def main(argv=None) -> None:
     for name in args.cases or list(CASES):
         for row in CASES[name](args):
             row["backend"] = jax.default_backend()
+            row["host_hugepages"] = "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
             print(json.dumps(row), flush=True)
             rows.append(row)
             if args.json:
