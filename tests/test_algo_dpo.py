@@ -142,14 +142,16 @@ def test_per_pair_losses_match_dpo_loss_and_padding_is_masked(files):
     (an eval batch's tail) get weight 0 and finite values; the chunked vocabulary projection equals the plain
     one; precomputed reference log-probs equal the in-step ones for a reference != the policy."""
     from jaxpt.algorithms import dpo
-    from jaxpt.algorithms.reward_model import fixed_pair_batches, load_pairs, pair_valid
+    from jaxpt.algorithms.reward_model import load_pairs, pair_valid
+    from jaxpt.data.preference import fixed_preference_batches
 
     c = tiny_config()
     tok = build_char_tokenizer()
     config, policy = load_hf(files["policy"])
     _, reference = load_hf(files["reference"])
     records = [json.loads(line) for line in open(files["held_out"])][:5]
-    batch = {k: jnp.asarray(v) for k, v in fixed_pair_batches(load_pairs(records, tok, c.data), 8, 16, 0)[0].items()}
+    pairs0 = load_pairs(records, tok, c.data)
+    batch = {k: jnp.asarray(v) for k, v in fixed_preference_batches(pairs0, 8, 16, 0)[0].items()}
     logps_fn = jax.jit(lambda p, chunk: dpo.sequence_logps(config, p, batch, chunk), static_argnums=1)
     logps, ref_logps = logps_fn(policy, 0), logps_fn(reference, 0)
     np.testing.assert_allclose(logps_fn(policy, 7), logps, rtol=1e-5)  # 7-token chunks, padded at the end
@@ -158,7 +160,7 @@ def test_per_pair_losses_match_dpo_loss_and_padding_is_masked(files):
     mesh = make_mesh(8, 1, 1)
     with jax.set_mesh(mesh), nn.logical_axis_rules([tuple(r) for r in c.mesh.rules]):
         dpo.precompute_reference(config, reference, [pairs], 8, 16, 0, mesh, 0)
-    cached = fixed_pair_batches(pairs, 8, 16, 0)[0]["ref_logps"]
+    cached = fixed_preference_batches(pairs, 8, 16, 0)[0]["ref_logps"]
     real_rows = [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]
     np.testing.assert_allclose(cached[real_rows], np.asarray(ref_logps)[real_rows], rtol=1e-6)
     valid = pair_valid(batch)

@@ -16,6 +16,7 @@ import pytest
 
 from jaxpt.algorithms import reward_model as rm
 from jaxpt.config import apply_overrides, load_config
+from jaxpt.data.preference import fixed_preference_batches
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.decoder import abstract_params
@@ -127,7 +128,7 @@ def test_heldout_accuracy_rises_and_export_scores_match_transformers(files, tmp_
     assert type(hf).__name__ == "LlamaForSequenceClassification"
     tok = build_char_tokenizer()
     held_out = rm.load_pairs(files["eval"], tok, config.data)
-    batch = rm.fixed_pair_batches(held_out, 8, config.data.seq_len, tok.pad_token_id)[-1]  # 4 real + 4 padding
+    batch = fixed_preference_batches(held_out, 8, config.data.seq_len, tok.pad_token_id)[-1]  # 4 real + 4 padding
     tokens, _, segments = (np.asarray(x) for x in rm.full_sequences(batch))
     ours = np.asarray(jax.jit(lambda p, b: rm.sequence_rewards(model_config, p, b))(params, batch))
     rows = np.flatnonzero(segments.sum(1) > 0)  # padding pairs have empty rows; HF cannot pool those
@@ -171,7 +172,7 @@ def test_margin_column_and_center_coef_match_bradley_terry(files, tmp_path):
     tok = build_char_tokenizer()
     path = _write(tmp_path / "m.jsonl", synthetic_pairs(5, seed=3, margin=True))
     pairs = rm.load_pairs(path, tok, config.data, extra_columns=("margin",))
-    batch = {k: jnp.asarray(v) for k, v in rm.fixed_pair_batches(pairs, 8, config.data.seq_len, 0)[0].items()}
+    batch = {k: jnp.asarray(v) for k, v in fixed_preference_batches(pairs, 8, config.data.seq_len, 0)[0].items()}
     margins = np.asarray([r["margin"] for r in map(json.loads, open(path))], np.float32)
     np.testing.assert_allclose(batch["margin"][:5], margins)
     model_config, params = load_hf(files["lm"])

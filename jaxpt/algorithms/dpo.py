@@ -37,9 +37,7 @@ from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
 from jaxpt.algorithms.reward_model import (
-    PairIterator,
     check_batch_layout,
-    fixed_pair_batches,
     load_pairs,
     masked_means,
     masked_sums,
@@ -49,7 +47,7 @@ from jaxpt.algorithms.reward_model import (
     run_options,
     summarize_pairs,
 )
-from jaxpt.data.preference import Pair
+from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
 from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
@@ -235,7 +233,7 @@ def precompute_reference(
     """Adds ``row_ref_logps = [ref log p(chosen), ref log p(rejected)]`` to every pair, in place."""
     fn = jax.jit(lambda p, b: sequence_logps(ref_config, p, b, chunk_size), in_shardings=(None, batch_sharding(mesh)))
     for pairs in pair_sets:
-        batches = fixed_pair_batches(pairs, batch_size, seq_len, pad_id)
+        batches = fixed_preference_batches(pairs, batch_size, seq_len, pad_id)
         for k, batch in enumerate(batches):
             lp = np.asarray(jax.device_get(fn(ref_params, shard_batch(batch, mesh))), np.float32)
             for i, pair in enumerate(pairs[k * batch_size : (k + 1) * batch_size]):
@@ -273,8 +271,8 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     elif not reference_free:
         frozen = lambda params: load_reference()  # noqa: E731  (the initial / given model, never the policy)
 
-    train_iter = PairIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
-    eval_batches = fixed_pair_batches(held_out, b, d.seq_len, pad) if held_out else []
+    train_iter = PreferenceDataIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
+    eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad) if held_out else []
 
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, tokenizer=tokenizer)

@@ -36,7 +36,13 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.data.preference import Pair, PreferenceDataIterator, build_preference_batch, build_preference_dataset
+from jaxpt.data.preference import (
+    ROW_PREFIX,
+    Pair,
+    PreferenceDataIterator,
+    build_preference_dataset,
+    fixed_preference_batches,
+)
 from jaxpt.data.sft import load_records
 from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
@@ -48,7 +54,6 @@ from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params, init_re
 from jaxpt.sharding import param_shardings
 
 Batch = dict[str, np.ndarray]
-ROW_PREFIX = "row_"  # pair[f"row_{name}"] = [chosen value, rejected value] -> batch[name] [2B] float32
 
 
 # ------------------------------------------------------------------------------ shared preference plumbing
@@ -107,37 +112,6 @@ def load_pairs(
                 v = float(r[column])
                 pair[ROW_PREFIX + column] = np.asarray([v, v], np.float32)
     return pairs
-
-
-def pair_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int) -> Batch:
-    """``build_preference_batch`` plus every ``row_*`` value as a ``[2B]`` float32 array."""
-    batch = build_preference_batch(pairs, seq_len, pad_id)
-    for key in pairs[0]:
-        if key.startswith(ROW_PREFIX):
-            values = np.stack([p[key] for p in pairs]).astype(np.float32)  # [B, 2]
-            batch[key[len(ROW_PREFIX) :]] = np.concatenate([values[:, 0], values[:, 1]])
-    return batch
-
-
-class PairIterator(PreferenceDataIterator):
-    """``PreferenceDataIterator`` that also carries the pairs' ``row_*`` values (margins, cached log-probs)."""
-
-    def __next__(self) -> Batch:
-        return pair_batch([self.pairs[i] for i in self._take()], self.seq_len, self.pad_id)
-
-
-def empty_pair(like: Pair) -> Pair:
-    """A padding pair: all-padding rows (``completion_lengths`` 0, so ``pair_valid`` masks it out)."""
-    out = {k: np.zeros(0, np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-    out.update({k: np.zeros(2, np.float32) for k in like if k.startswith(ROW_PREFIX)})
-    return out
-
-
-def fixed_pair_batches(pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int) -> list[Batch]:
-    """One in-order pass (eval, precomputation); the last batch is filled with padding pairs."""
-    pairs = list(pairs)
-    pairs += [empty_pair(pairs[0]) for _ in range(-len(pairs) % batch_size)]
-    return [pair_batch(pairs[i : i + batch_size], seq_len, pad_id) for i in range(0, len(pairs), batch_size)]
 
 
 def pair_valid(batch: dict[str, jax.Array]) -> jax.Array:
@@ -261,11 +235,11 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     pad = tokenizer.pad_token_id or 0
     b = config.train.batch_size
     train = load_pairs(d.train, tokenizer, d, extra_columns=(margin_column,))
-    train_iter = PairIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
+    train_iter = PreferenceDataIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
     eval_batches = []
     if d.get("eval"):
         held_out = load_pairs(d.eval, tokenizer, d, extra_columns=(margin_column,), split=d.get("eval_split", "test"))
-        eval_batches = fixed_pair_batches(held_out, b, d.seq_len, pad)
+        eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad)
 
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, head="score", tokenizer=tokenizer)

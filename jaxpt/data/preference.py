@@ -118,11 +118,16 @@ def build_preference_dataset(
     ]
 
 
+ROW_PREFIX = "row_"  # pair[f"row_{name}"] = [chosen value, rejected value] -> batch[name] [2B] float32
+
+
 def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0) -> Batch:
     """``[2B, seq_len]`` batch: chosen rows (prompt + chosen) then rejected rows, right-padded.
 
     Sequences longer than ``seq_len + 1`` tokens are cut from the right (size ``max_length <= seq_len + 1``
-    to avoid it). ``completion_lengths`` counts completion targets kept in the loss per row (int32).
+    to avoid it). ``completion_lengths`` counts completion targets kept in the loss per row (int32). Per-pair
+    values stored as ``pair["row_<name>"] = [chosen, rejected]`` (margins, cached reference log-probs) become
+    ``batch["<name>"]``, ``[2B]`` float32 in the same row order.
     """
     seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [
         (p["prompt_ids"], p["rejected_ids"]) for p in pairs
@@ -147,7 +152,27 @@ def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0)
         batch["positions"][r, :n] = np.arange(n)
         batch["segment_ids"][r, :n] = 1
     batch["completion_lengths"] = batch["loss_mask"].sum(axis=1).astype(np.int32)
+    for key in pairs[0]:
+        if key.startswith(ROW_PREFIX):
+            values = np.stack([p[key] for p in pairs]).astype(np.float32)  # [B, 2]
+            batch[key[len(ROW_PREFIX) :]] = np.concatenate([values[:, 0], values[:, 1]])
     return batch
+
+
+def empty_pair(like: Pair) -> Pair:
+    """A padding pair: all-padding rows (``completion_lengths`` 0, so losses can mask it out)."""
+    out = {k: np.zeros(0, np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    out.update({k: np.zeros(2, np.float32) for k in like if k.startswith(ROW_PREFIX)})
+    return out
+
+
+def fixed_preference_batches(pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int) -> list[Batch]:
+    """One in-order pass (eval, precomputation); the last batch is filled with padding pairs."""
+    pairs = list(pairs)
+    pairs += [empty_pair(pairs[0]) for _ in range(-len(pairs) % batch_size)]
+    return [
+        build_preference_batch(pairs[i : i + batch_size], seq_len, pad_id) for i in range(0, len(pairs), batch_size)
+    ]
 
 
 class PreferenceDataIterator(EpochIterator):
