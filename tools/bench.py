@@ -174,6 +174,13 @@ def case_sft(args) -> list[dict]:
             jax.block_until_ready(m)
 
         stats = timeit(run, args.repeats)
+        if not rows:  # the default variant: also timed step by step between TRL's steps below
+
+            def default_step(run=run) -> float:
+                start = time.perf_counter()
+                run()
+                return time.perf_counter() - start
+
         tokens_per_s = b * t / stats["median_s"]
         mfu = tokens_per_s * train_flops_per_token(config, t) / peak
         rows.append(
@@ -182,14 +189,28 @@ def case_sft(args) -> list[dict]:
                 peak_memory_mb=_peak_memory_mb(), **stats,
             )
         )
-        del holder, step
     if args.reference:
-        rows.append(_trl_sft(config, params, b, t, max(3, args.repeats)))
+        trl_row, ours = _trl_sft(config, params, b, t, max(3, args.repeats), between=default_step)
+        label = rows[0]["impl"]
+        rows.append(trl_row)
+        med = statistics.median(ours)
+        rows.append(
+            dict(
+                case="sft", impl=f"{label}, interleaved with the TRL steps", tokens_per_s=b * t / med,
+                median_s=med, min_s=min(ours), max_s=max(ours), repeats=len(ours),
+                ratio_to_trl=trl_row["median_s"] / med,
+            )
+        )
     return rows
 
 
-def _trl_sft(config, params, b: int, t: int, repeats: int) -> dict:
-    """TRL's SFTTrainer on the same weights and data shape; step times from a callback, after warm-up."""
+def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[], float] | None = None):
+    """TRL's SFTTrainer on the same weights and data shape; step times from a callback, after warm-up.
+
+    ``between`` (optional) runs after each TRL step is timed, inside the same callback, and returns its own
+    duration: our step interleaved with theirs, so both see the same machine load. Returns the TRL row and
+    the ``between`` durations after the same warm-up.
+    """
     import tempfile
 
     import datasets
@@ -202,6 +223,7 @@ def _trl_sft(config, params, b: int, t: int, repeats: int) -> dict:
     data = sft_batch(config.vocab_size, b * (repeats + 2), t, seed=1)
     ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
     times: list[float] = []
+    ours: list[float] = []
 
     class Timer(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -209,6 +231,8 @@ def _trl_sft(config, params, b: int, t: int, repeats: int) -> dict:
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t)
+            if between is not None:
+                ours.append(between())
 
     out = tempfile.mkdtemp()
     cfg = trl.SFTConfig(
@@ -221,10 +245,11 @@ def _trl_sft(config, params, b: int, t: int, repeats: int) -> dict:
     trainer.train()
     steady = times[2:]  # first steps include warm-up
     med = statistics.median(steady)
-    return dict(
+    row = dict(
         case="sft", impl=f"trl-{trl.__version__} SFTTrainer", tokens_per_s=b * t / med, compile_s=times[0],
         median_s=med, min_s=min(steady), max_s=max(steady), repeats=len(steady),
     )
+    return row, ours[2:]
 
 
 CASES: dict[str, Callable] = {"generate": case_generate, "sft": case_sft}
@@ -286,8 +311,11 @@ def print_table(rows: list[dict]) -> None:
         key = next(k for k in r if k.endswith("_per_s"))
         print(
             f"| {r['case']} | {r['impl']} | {r[key]:.1f} {key.removesuffix('_per_s').replace('_', ' ')}/s "
-            f"| {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | {r['compile_s']:.2f} |"
+            f"| {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | "
+            + (f"{r['compile_s']:.2f} |" if "compile_s" in r else "– |")
         )
+        if "ratio_to_trl" in r:
+            print(f"|  | (ratio to TRL, same load) | **{r['ratio_to_trl']:.2f}×** |  |  |  |  |")
 
 
 if __name__ == "__main__":
