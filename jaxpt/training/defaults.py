@@ -66,4 +66,58 @@ def model_config(path: str = "", scratch: ConfigDict | None = None) -> ConfigDic
     )
 
 
-__all__ = ["mesh_config", "model_config", "optimizer_config", "tiny_llama", "train_config"]
+def arithmetic_rl_config(algorithm: str, export: str = "runs/quickstart/export") -> ConfigDict:
+    """What the PPO and GRPO arithmetic configs share: the SFT export as policy (and reference), the shipped
+    arithmetic prompts, short rollouts at temperature 0.6, and the verifier + format rewards. Each config adds
+    its algorithm section, ``train`` and ``optimizer``."""
+    c = ConfigDict()
+    c.algorithm = algorithm
+    c.seed = 0
+    c.model = model_config(path=export)
+    c.tokenizer = ConfigDict(dict(path=export, builtin=""))
+    c.data = ConfigDict(
+        dict(
+            train="data/arithmetic/train.jsonl",
+            eval="data/arithmetic/eval.jsonl",
+            prompt_key="prompt",
+            chat=False,
+            seq_len=32,  # eval NLL rows of the reference completions (and the MFU estimate)
+            eval_prompts=256,  # greedy-decoded and scored before and after training
+        )
+    )
+    c.rollout = ConfigDict(
+        dict(max_prompt_len=16, max_new_tokens=8, temperature=0.6, top_k=0, top_p=1.0, old_logprobs="sampler")
+    )
+    c.rewards = [
+        dict(kind="arithmetic", weight=1.0),
+        dict(kind="format", weight=0.1, pattern=r"-?\d+", mode="fullmatch", require_eos=True),
+    ]
+    c.mesh = mesh_config()
+    return c
+
+
+def arithmetic_rl_tiny(c: ConfigDict) -> ConfigDict:
+    """The shared part of the ``:tiny`` presets: a from-scratch model and char tokenizer, tiny rollouts, a
+    denser format reward, 3 steps at a high learning rate (runs anywhere in seconds: tests)."""
+    c.model = model_config(scratch=tiny_llama(hidden_size=64, intermediate_size=128, num_attention_heads=4))
+    c.tokenizer = ConfigDict(dict(path="", builtin="char"))
+    c.data.eval_prompts = 16
+    c.rollout.update(dict(max_prompt_len=12, max_new_tokens=4, temperature=1.0))
+    c.rewards = [
+        dict(kind="arithmetic", weight=1.0),
+        dict(kind="format", weight=0.5, pattern=r"\d", mode="match", require_eos=False),
+    ]
+    c.train.update(dict(steps=3, log_every=1, eval_every=3, checkpoint_every=3))
+    c.optimizer.update(dict(lr=3e-3, warmup_steps=0))
+    return c
+
+
+__all__ = [
+    "arithmetic_rl_config",
+    "arithmetic_rl_tiny",
+    "mesh_config",
+    "model_config",
+    "optimizer_config",
+    "tiny_llama",
+    "train_config",
+]
