@@ -39,6 +39,7 @@ __all__ = [
     "param_shardings",
     "partition_spec_table",
     "replicated",
+    "rules_of",
     "shard_batch",
     "spec_to_str",
 ]
@@ -255,6 +256,11 @@ def param_shardings(
         return NamedSharding(mesh, PartitionSpec(*spec))
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_leaf)
+
+
+def rules_of(config: Any) -> list[tuple]:
+    """The logical-axis rules table of a run config (``config.mesh.rules``) as a list of tuples."""
+    return [tuple(r) for r in config.mesh.rules]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

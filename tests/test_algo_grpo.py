@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from jaxpt.algorithms import grpo
-from jaxpt.algorithms.grpo import PromptIterator, Samples, make_grpo_loss_fn, response_logprobs, training_rows
+from jaxpt.algorithms import rollout as rollout_lib
+from jaxpt.algorithms.grpo import make_grpo_loss_fn
+from jaxpt.algorithms.rollout import PromptIterator, Samples, response_logprobs, training_rows
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
@@ -60,7 +62,7 @@ def run(tmp_path_factory):
     config.train.update(dict(steps=2, checkpoint_every=1, peak_flops=1e12))
 
     calls = []
-    real = grpo.generate
+    real = rollout_lib.generate
 
     def spy(cfg, params, tokens, mask, rng, sampling):
         out = real(cfg, params, tokens, mask, rng, sampling)
@@ -72,7 +74,7 @@ def run(tmp_path_factory):
 
     workdir = str(tmp / "run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grpo, "generate", spy)
+        mp.setattr(rollout_lib, "generate", spy)
         result = train(config, workdir)
     return dict(config=config, model_config=model_config, policy_dir=policy_dir, workdir=workdir, calls=calls) | {
         "result": result
@@ -269,4 +271,4 @@ def test_config_errors():
     config = load_config(TINY)
     config.rollout.temprature = 1.0
     with pytest.raises(ValueError, match="unknown config.rollout fields"):
-        grpo.rollout_config(config)
+        rollout_lib.rollout_config(config)

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpt.algorithms import grpo, ppo
+from jaxpt.algorithms import ppo
+from jaxpt.algorithms import rollout as rollout_lib
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.models.decoder import Decoder, init_params, positions_from_mask
@@ -64,7 +65,7 @@ def run(setup):
     config.train.update(dict(steps=2, batch_size=32, peak_flops=1e12))
 
     calls = []
-    real = grpo.generate
+    real = rollout_lib.generate
 
     def spy(cfg, params, tokens, mask, rng, sampling):
         calls.append(
@@ -74,7 +75,7 @@ def run(setup):
 
     workdir = str(setup["tmp"] / "run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grpo, "generate", spy)
+        mp.setattr(rollout_lib, "generate", spy)
         result = train(config, workdir)
     return dict(config=config, workdir=workdir, calls=calls, result=result)
 

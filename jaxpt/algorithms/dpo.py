@@ -43,18 +43,17 @@ from jaxpt.algorithms.reward_model import (
     masked_sums,
     pair_valid,
     preference_tokenizer,
-    rules_of,
-    run_options,
     summarize_pairs,
 )
+from jaxpt.algorithms.rollout import merged_section
 from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
 from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_params
-from jaxpt.models.factory import model_params_from
+from jaxpt.models.factory import model_params_from, run_options
 from jaxpt.models.hf import load_hf, save_hf
-from jaxpt.sharding import batch_sharding, param_shardings, shard_batch
+from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -244,12 +243,7 @@ def precompute_reference(
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     check_batch_layout(config)
     d = config.data
-    dpo = dpo_config()
-    given = config.get("dpo", ConfigDict()).to_dict()
-    unknown = sorted(set(given) - set(dpo))
-    if unknown:
-        raise ValueError(f"unknown config.dpo fields {unknown}; known: {sorted(dpo)}")
-    dpo.update(given)
+    dpo = merged_section(dpo_config(), config.get("dpo", ConfigDict()), "dpo")
     kwargs = loss_kwargs(dpo)
     tokenizer = preference_tokenizer(config, tokenizer, model_config)
     pad = tokenizer.pad_token_id or 0

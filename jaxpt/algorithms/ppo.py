@@ -13,7 +13,7 @@ random head. The frozen reference (``AlgorithmParts.frozen``) is the initial pol
 Each loop step (``rollout``, called with the current params):
 
 1. ``train.batch_size`` prompts x ``ppo.samples_per_prompt`` completions from the jitted sampler with the
-   current policy params (``jaxpt/algorithms/grpo.py``'s ``RolloutEngine``, shared with GRPO);
+   current policy params (``jaxpt/algorithms/rollout.py``'s ``RolloutEngine``, shared with GRPO);
 2. sequence scores from ``config.rewards`` (``jaxpt/rewards.py``); completions that did not end with EOS
    (cut at ``rollout.max_new_tokens``) lose ``ppo.missing_eos_penalty``;
 3. one jitted pass: reference log-probs, values (and the behaviour log-probs with
@@ -46,24 +46,25 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.algorithms.grpo import (
+from jaxpt.algorithms.rollout import (
     InitialPolicy,
     PromptIterator,
     RolloutEngine,
-    _merged,
     check_rows,
     eval_setup,
     kl_metrics,
     load_prompt_records,
+    merged_section,
     minibatches,
     response_logprobs,
     reward_metrics,
-    run_options,
+    rollout_timings,
 )
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, update_kl_coef, whiten
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
+from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
 from jaxpt.rewards import resolve_model_dir
@@ -92,7 +93,7 @@ def ppo_config(config: ConfigDict) -> ConfigDict:
             value_model_path="",  # "" = the policy's initial decoder + a random scalar head
         )
     )
-    p = _merged(defaults, config.get("ppo", ConfigDict()), "ppo")
+    p = merged_section(defaults, config.get("ppo", ConfigDict()), "ppo")
     if p.kl_estimator not in ("k1", "k3"):
         raise ValueError(f"ppo.kl_estimator={p.kl_estimator!r}; valid: k1, k3")
     return p
@@ -143,6 +144,14 @@ def value_model(config: ConfigDict, p: ConfigDict, policy_config: ModelConfig):
     return value_config, from_path
 
 
+def response_values(value_module: ScalarHeadModel, params: Any, batch: dict, prompt_len: int) -> jax.Array:
+    """``[R, N]`` value estimates at the completion positions (the same inputs as the policy's log-probs)."""
+    values = value_module.apply(
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], per_token=True
+    )
+    return values[:, prompt_len - 1 :]
+
+
 def make_ppo_loss_fn(
     policy_config: ModelConfig, value_config: ModelConfig, p: ConfigDict, prompt_len: int, temperature: float
 ):
@@ -150,13 +159,7 @@ def make_ppo_loss_fn(
 
     def loss_fn(params, batch, rng, frozen):
         logp, ent = response_logprobs(policy_config, params["policy"], batch, prompt_len, temperature, True)
-        values = value_model_.apply(
-            {"params": params["value"]},
-            batch["inputs"],
-            batch["positions"],
-            batch["segment_ids"],
-            per_token=True,
-        )[:, prompt_len - 1 :]
+        values = response_values(value_model_, params["value"], batch, prompt_len)
         mask = batch["response_mask"]
         pg_loss, pg_m = ppo_policy_loss(logp, batch["old_logprobs"], batch["advantages"], mask, p.cliprange)
         vf_loss, vf_m = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, p.cliprange_value)
@@ -201,10 +204,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             logp, _ = response_logprobs(model_config, params["policy"], batch, prompt_len, temp)
         else:
             logp = sampler_logprobs
-        values = value_module.apply(
-            {"params": params["value"]}, batch["inputs"], batch["positions"], batch["segment_ids"], per_token=True
-        )[:, prompt_len - 1 :]
-        values = values * mask
+        values = response_values(value_module, params["value"], batch, prompt_len) * mask
         rewards, kl = kl_penalty_rewards(score, logp, ref, mask, kl_coef, p.kl_estimator)
         if p.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
@@ -261,10 +261,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             mean_kl = float(np.mean(stats["kl_seq"]))
             new = update_kl_coef(kl_coef, mean_kl, rows, p.kl_target, p.kl_horizon)
             train_iter.extra["kl_coef"] = float(new)
-        metrics["time/generate_s"] = t1 - t0
-        metrics["time/reward_s"] = t2 - t1
-        metrics["time/score_s"] = t3 - t2
-        metrics["time/rollout_s"] = t3 - t0
+        metrics.update(rollout_timings(t0, t1, t2, t3))
         return minibatches(batch, mini, p.epochs, config.seed, step), metrics
 
     eval_batches, eval_records, eval_inner, summarize = eval_setup(config, tokenizer, model_config, rows)

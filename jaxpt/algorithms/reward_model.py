@@ -48,23 +48,15 @@ from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
-from jaxpt.models.factory import RUN_OPTIONS
+from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params, init_reward_params
-from jaxpt.sharding import param_shardings
+from jaxpt.sharding import param_shardings, rules_of
 
 Batch = dict[str, np.ndarray]
 
 
 # ------------------------------------------------------------------------------ shared preference plumbing
-def rules_of(config: ConfigDict) -> list[tuple]:
-    return [tuple(r) for r in config.mesh.rules]
-
-
-def run_options(model_cfg: ConfigDict) -> dict[str, Any]:
-    return {k: model_cfg[k] for k in RUN_OPTIONS if k in model_cfg}
-
-
 def has_tokenizer(directory: str) -> bool:
     return bool(directory) and os.path.exists(os.path.join(directory, "tokenizer_config.json"))
 

@@ -15,9 +15,14 @@ from jaxpt.models.hf import load_hf
 RUN_OPTIONS = ("dtype", "param_dtype", "remat", "scan_layers")
 
 
+def run_options(model_cfg: Any) -> dict[str, Any]:
+    """The run-time options of ``config.model`` that ``ModelConfig.from_hf`` / ``load_hf`` take."""
+    return {k: model_cfg[k] for k in RUN_OPTIONS if k in model_cfg}
+
+
 def model_config_from(cfg: ConfigDict, tokenizer: Any = None) -> ModelConfig:
     """``cfg.path`` (HF dir) wins; otherwise ``cfg.scratch`` is a config.json-style dict for a new model."""
-    run = {k: cfg[k] for k in RUN_OPTIONS if k in cfg}
+    run = run_options(cfg)
     if cfg.get("path"):
         return ModelConfig.from_hf(cfg.path, **run)
     hf = dict(cfg.scratch)
@@ -32,7 +37,7 @@ def model_config_from(cfg: ConfigDict, tokenizer: Any = None) -> ModelConfig:
 def model_params_from(cfg: ConfigDict, config: ModelConfig, shardings: Any, seed: int) -> Any:
     """Params placed on ``shardings``: streamed from the HF checkpoint, or initialised in a sharded jit."""
     if cfg.get("path"):
-        run = {k: cfg[k] for k in RUN_OPTIONS if k in cfg}
+        run = run_options(cfg)
         _, params = load_hf(cfg.path, shardings=shardings, **run)
         return params
     return jax.jit(lambda: init_params(config, jax.random.key(seed)), out_shardings=shardings)()

@@ -1,0 +1,351 @@
+"""Online-RL plumbing that GRPO and PPO share: prompts -> jitted sampling with the *current* params ->
+decoded, scored completions -> training rows; log-probs of the sampled tokens; minibatches; the frozen
+reference; greedy evaluation.
+
+Sequences are laid out as ``[prompt (left-padded to rollout.max_prompt_len P) | completion (N =
+rollout.max_new_tokens)]``: model inputs / targets are ``[R, P + N - 1]``; per-token RL quantities are
+``[R, N]`` aligned with the sampled tokens (the logits for completion token k sit at input P - 1 + k).
+All log-probs are of the temperature-scaled distribution (logits / temperature), as the sampler computes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms import sft
+from jaxpt.data.sft import EpochIterator, build_sft_dataset, load_records
+from jaxpt.data.tokenizer import encode_prompts
+from jaxpt.generation.sampler import SamplingConfig, generate
+from jaxpt.losses.lm import token_entropy, token_logprobs
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import Decoder, head_kernel
+from jaxpt.models.factory import model_params_from
+from jaxpt.rewards import RewardInput, build_rewards
+from jaxpt.sharding import batch_sharding, replicated, rules_of
+
+_ROLLOUT_STREAM = 0x5EED  # rng stream of the sampler (the train step uses the state's own rng)
+
+
+def rollout_config(config: ConfigDict) -> ConfigDict:
+    """``config.rollout`` with defaults; unknown fields are an error."""
+    defaults = ConfigDict(
+        dict(
+            max_prompt_len=64,  # P: prompts are left-padded / cut from the left to this many tokens
+            max_new_tokens=32,  # N
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            old_logprobs="sampler",  # "sampler" (the sampler's) or "recompute" (a jitted scoring pass)
+        )
+    )
+    return merged_section(defaults, config.get("rollout", ConfigDict()), "rollout")
+
+
+def merged_section(defaults: ConfigDict, given: ConfigDict, section: str) -> ConfigDict:
+    """``defaults`` updated with the config's ``section``; a field the defaults do not know is an error."""
+    given = given.to_dict() if isinstance(given, ConfigDict) else dict(given)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown config.{section} fields {unknown}; known: {sorted(defaults)}")
+    defaults.update(given)
+    return defaults
+
+
+def shardings_of(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+class InitialPolicy:
+    """The initial policy params, for the trainable state and for the frozen reference.
+
+    On a fresh start the loop calls ``init`` and then ``reference`` with the just-created state's params:
+    the reference is then a device copy of them (no second load / init). On a resume ``init`` is never
+    called and ``reference`` re-creates the initial model from ``config.model``, never the resumed policy.
+    """
+
+    def __init__(self, config: ConfigDict, model_config: ModelConfig):
+        self.config, self.model_config, self.fresh = config, model_config, False
+
+    def load(self, shardings: Any) -> Any:
+        return model_params_from(self.config.model, self.model_config, shardings, self.config.seed)
+
+    def init(self, shardings: Any) -> Any:
+        self.fresh = True
+        return self.load(shardings)
+
+    def reference(self, params: Any) -> Any:
+        if self.fresh:
+            return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings_of(params))(params)
+        return self.load(shardings_of(params))
+
+
+def load_prompt_records(source: str, prompt_key: str) -> list[dict[str, Any]]:
+    records = [dict(r) for r in load_records(source)]
+    if not records:
+        raise ValueError(f"no prompts in {source!r}")
+    if prompt_key not in records[0]:
+        raise ValueError(f"{source!r}: records have no {prompt_key!r} field (found {sorted(records[0])})")
+    return records
+
+
+class PromptIterator(EpochIterator):
+    """Infinite batches of prompt records (lists of dicts), reshuffled per epoch, resumable.
+
+    The state is the epoch iterator's ``(epoch, position)`` plus ``extra``: small JSON-able algorithm state
+    that must survive a resume with the data position (PPO's adaptive KL coefficient).
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], batch_size: int, seed: int, shuffle: bool = True):
+        super().__init__(len(records), batch_size, seed, shuffle)
+        self.records = list(records)
+        self.extra: dict[str, Any] = {}
+
+    def _layout(self, epoch: int) -> list[int]:
+        return [int(i) for i in self._order(epoch)]
+
+    def __next__(self) -> list[dict[str, Any]]:
+        return [self.records[i] for i in self._take()]
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "extra": dict(self.extra)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.extra = dict(state.pop("extra", None) or {})
+        super().set_state(state)
+
+
+@dataclasses.dataclass
+class Samples:
+    """One rollout's completions, host-side (``R`` rows = prompts x samples per prompt)."""
+
+    prompt_tokens: np.ndarray  # [R, P] left-padded
+    prompt_mask: np.ndarray  # [R, P]
+    tokens: np.ndarray  # [R, N]
+    logprobs: np.ndarray  # [R, N] sampler log-probs (temperature-scaled)
+    mask: np.ndarray  # [R, N] float32, 1 on completion tokens (EOS included)
+    lengths: np.ndarray  # [R]
+    finished: np.ndarray  # [R] bool: ended with EOS
+    completions: list[str]
+    records: list[dict[str, Any]]
+    prompts: list[Any]
+
+    def reward_input(self) -> RewardInput:
+        return RewardInput(self.prompts, self.completions, self.records, self.finished)
+
+
+def response_logits(config: ModelConfig, params: Any, batch: dict, prompt_len: int, temperature: float):
+    """``[R, N, V]`` float32 logits / temperature at the completion positions (inputs P-1 .. P+N-2)."""
+    hidden, _ = Decoder(config).apply(
+        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
+    )
+    h = hidden[:, prompt_len - 1 :]
+    logits = jnp.einsum("bte,ev->btv", h, head_kernel(config, params), preferred_element_type=jnp.float32)
+    return logits / temperature
+
+
+def response_logprobs(
+    config: ModelConfig, params: Any, batch: dict, prompt_len: int, temperature: float, entropy: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs ``[R, N]`` of the sampled completion tokens (and the policy's entropy when asked)."""
+    logits = response_logits(config, params, batch, prompt_len, temperature)
+    logp = token_logprobs(logits, batch["targets"][:, prompt_len - 1 :])
+    return logp, (token_entropy(logits) if entropy else None)
+
+
+def training_rows(s: Samples) -> dict[str, np.ndarray]:
+    """Training rows ``[R, P + N - 1]`` (inputs/targets/positions/segment_ids) + ``response_mask [R, N]``.
+
+    ``[prompt | completion]`` shifted by one: the target at input ``P - 1 + k`` is completion token ``k``.
+    Prompt padding (left) and completion padding (after EOS) are segment 0.
+    """
+    full = np.concatenate([s.prompt_tokens, s.tokens], axis=1)
+    seg = np.concatenate([s.prompt_mask, s.mask.astype(np.int32)], axis=1).astype(np.int32)
+    positions = np.maximum(np.cumsum(seg, axis=1) - 1, 0) * seg
+    return {
+        "inputs": full[:, :-1].astype(np.int32),
+        "targets": full[:, 1:].astype(np.int32),
+        "positions": positions[:, :-1].astype(np.int32),
+        "segment_ids": seg[:, :-1],
+        "response_mask": s.mask.astype(np.float32),
+    }
+
+
+class RolloutEngine:
+    """Prompts -> jitted sampling -> decoded, scored completions -> training rows (GRPO and PPO)."""
+
+    def __init__(self, config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh):
+        r = rollout_config(config)
+        if r.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0 for RL (log-probs are of logits / temperature)")
+        if r.old_logprobs not in ("sampler", "recompute"):
+            raise ValueError(f"rollout.old_logprobs={r.old_logprobs!r}; expected 'sampler' or 'recompute'")
+        self.cfg, self.model_config, self.tokenizer, self.mesh = r, model_config, tokenizer, mesh
+        self.prompt_len, self.new_tokens = int(r.max_prompt_len), int(r.max_new_tokens)
+        self.temperature = float(r.temperature)
+        self.seed = int(config.seed)
+        d = config.data
+        self.prompt_key, self.chat = d.get("prompt_key", "prompt"), bool(d.get("chat", False))
+        eos = set(model_config.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        if not eos:
+            raise ValueError("no EOS token id (model config or tokenizer): completions could never finish")
+        self.eos = tuple(sorted(eos))
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0])
+        self.sampling = SamplingConfig(
+            max_new_tokens=self.new_tokens,
+            temperature=self.temperature,
+            top_k=int(r.top_k),
+            top_p=float(r.top_p),
+            eos_token_ids=self.eos,
+            pad_token_id=self.pad_id,
+        )
+        self.greedy = dataclasses.replace(self.sampling, temperature=0.0, top_k=0, top_p=1.0)
+        self.rewards = build_rewards(list(config.rewards), tokenizer=tokenizer, mesh=mesh, rules=rules_of(config))
+        self.num_batch_shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+
+    # ---------------------------------------------------------------------------------------- device
+    def put(self, x: np.ndarray) -> jax.Array:
+        """Host array -> device, split over the batch axes when the rows divide evenly (else replicated)."""
+        x = np.asarray(x)
+        if x.ndim and x.shape[0] % self.num_batch_shards == 0:
+            return jax.device_put(x, batch_sharding(self.mesh))
+        return jax.device_put(x, replicated(self.mesh))
+
+    def put_tree(self, tree: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: self.put(v) for k, v in tree.items()}
+
+    def rng(self, step: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), _ROLLOUT_STREAM), step)
+
+    # -------------------------------------------------------------------------------------- sampling
+    def sample(
+        self, params: Any, records: Sequence[dict[str, Any]], rng: jax.Array, repeat: int = 1, greedy: bool = False
+    ) -> Samples:
+        """Completions of each record's prompt, ``repeat`` per prompt (rows of one prompt are contiguous)."""
+        prompts = [r[self.prompt_key] for r in records]
+        enc = encode_prompts(self.tokenizer, prompts, self.prompt_len, chat=self.chat)
+        tokens = np.repeat(enc["tokens"], repeat, axis=0)
+        mask = np.repeat(enc["mask"], repeat, axis=0)
+        sampling = self.greedy if greedy else self.sampling
+        gen = generate(self.model_config, params, self.put(tokens), self.put(mask), rng, sampling)
+        out_tokens, logprobs, lengths, out_mask = (np.asarray(a) for a in jax.device_get(tuple(gen)))
+        rows = [row[:n] for row, n in zip(out_tokens, lengths, strict=True)]
+        last = np.asarray([row[-1] if len(row) else -1 for row in rows])
+        finished = np.isin(last, self.eos) & (lengths > 0)
+        completions = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        rep_records = [r for r in records for _ in range(repeat)]
+        return Samples(
+            prompt_tokens=tokens,
+            prompt_mask=mask,
+            tokens=out_tokens.astype(np.int32),
+            logprobs=logprobs.astype(np.float32),
+            mask=out_mask.astype(np.float32),
+            lengths=lengths.astype(np.int32),
+            finished=finished,
+            completions=list(completions),
+            records=rep_records,
+            prompts=[r[self.prompt_key] for r in rep_records],
+        )
+
+    def score(self, samples: Samples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self.rewards(samples.reward_input())
+
+    def sequences(self, s: Samples) -> dict[str, np.ndarray]:
+        return training_rows(s)
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def greedy_eval(self, params: Any, records: Sequence[dict[str, Any]], rows: int) -> dict[str, float]:
+        """Greedy completions of ``records`` (in chunks of ``rows``), scored by the rewards."""
+        if not records:
+            return {}
+        totals, parts, lengths, finished = [], {}, [], []
+        for start in range(0, len(records), rows):
+            chunk = list(records[start : start + rows])
+            n = len(chunk)
+            chunk += [chunk[0]] * (rows - n)  # one compiled shape
+            s = self.sample(params, chunk, jax.random.key(0), greedy=True)
+            total, comps = self.score(s)
+            totals.append(total[:n])
+            for k, v in comps.items():
+                parts.setdefault(k, []).append(v[:n])
+            lengths.append(s.lengths[:n])
+            finished.append(s.finished[:n])
+        out = {"greedy/reward": float(np.mean(np.concatenate(totals)))}
+        out.update({f"greedy/reward/{k}": float(np.mean(np.concatenate(v))) for k, v in parts.items()})
+        out["greedy/response_length"] = float(np.mean(np.concatenate(lengths)))
+        out["greedy/eos_frac"] = float(np.mean(np.concatenate(finished)))
+        return out
+
+
+def reward_metrics(total: np.ndarray, parts: dict[str, np.ndarray], s: Samples) -> dict[str, float]:
+    out = {"reward": float(np.mean(total)), "reward_std": float(np.std(total))}
+    out.update({f"reward/{k}": float(np.mean(v)) for k, v in parts.items()})
+    out["response_length"] = float(np.mean(s.lengths))
+    out["eos_frac"] = float(np.mean(s.finished))
+    return out
+
+
+def kl_metrics(logp: np.ndarray, ref_logp: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Sequence KL estimate (mean over rows of sum_t log pi - log ref) and the token-mean k3 estimator."""
+    d = (logp - ref_logp) * mask
+    k3 = (np.expm1(-(logp - ref_logp)) + (logp - ref_logp)) * mask
+    return {"kl": float(np.mean(np.sum(d, axis=1))), "kl_token_k3": float(np.sum(k3) / max(np.sum(mask), 1.0))}
+
+
+def minibatches(
+    rows: dict[str, np.ndarray], size: int, epochs: int, seed: int, step: int
+) -> list[dict[str, np.ndarray]]:
+    """``epochs`` passes over the rows, each reshuffled (deterministic in seed, step, epoch), ``size`` rows each."""
+    n = next(iter(rows.values())).shape[0]
+    out = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, step, epoch]).permutation(n)
+        for i in range(0, n, size):
+            idx = order[i : i + size]
+            out.append({k: v[idx] for k, v in rows.items()})
+    return out
+
+
+def eval_setup(config: ConfigDict, tokenizer: Any, model_config: ModelConfig, rows: int):
+    """``(eval_batches, eval_records, eval_fn_for(params_of), summarize)``: reference-completion NLL + greedy."""
+    d = config.data
+    if not d.get("eval"):
+        return [], [], None, sft.summarize
+    records = load_prompt_records(d.eval, d.get("prompt_key", "prompt"))[: int(d.get("eval_prompts", 256))]
+    seq_len = int(d.get("seq_len", 128))
+    chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
+    if "completion" in records[0]:
+        examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=True)
+        batches = sft.fixed_batches(examples, config.train.batch_size, seq_len, False, tokenizer.pad_token_id or 0)
+    else:  # prompts only: one empty batch (no NLL), so that the loop still runs the greedy evaluation
+        shape = (config.train.batch_size, seq_len)
+        keys = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
+        batches = [{k: np.zeros(shape, np.float32 if k == "loss_mask" else np.int32) for k in keys}]
+    inner = sft.make_eval_fn(model_config, chunk)
+
+    def summarize(totals):
+        return sft.summarize(totals) if totals.get("num_tokens", 0) > 0 else {}
+
+    return batches, records, inner, summarize
+
+
+def rollout_timings(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
+    """Seconds spent sampling (t0-t1), scoring rewards (t1-t2) and in the scoring pass (t2-t3) of a rollout."""
+    return {"time/generate_s": t1 - t0, "time/reward_s": t2 - t1, "time/score_s": t3 - t2, "time/rollout_s": t3 - t0}
+
+
+def check_rows(rows: int, mini: int, shards: int, what: str) -> None:
+    if rows % mini:
+        raise ValueError(f"{what}: {rows} rollout rows are not divisible by mini_batch_size={mini}")
+    if mini % shards:
+        raise ValueError(f"{what}: mini_batch_size={mini} is not divisible by the data*fsdp mesh size {shards}")
