@@ -8,6 +8,7 @@ component (``reward/<name>``). Kinds:
 
 - ``arithmetic``: the verifier of ``jaxpt.data.tasks`` (``check_answer(prompt, completion)``): ``correct``
   (1.0) for the exact answer, else ``incorrect`` (0.0). Needs ``"a+b="`` / ``"a-b="`` prompts.
+- ``arithmetic_digits``: partial credit, the fraction of the answer's digits that are right (``per_digit``).
 - ``exact_match``: the stripped completion (its first line) equals ``str(record[answer_key])``.
 - ``format``: the stripped completion matches ``pattern`` (``mode`` = ``fullmatch`` / ``match`` /
   ``search``), and, with ``require_eos``, the completion ended with EOS; ``matched`` (1.0) / ``unmatched``.
@@ -35,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpt.data.tasks import check_answer
+from jaxpt.data.tasks import check_answer, parse_answer, solve
 from jaxpt.data.tokenizer import encode_chat_completion, encode_prompt, is_messages, load_tokenizer
 
 
@@ -90,7 +91,6 @@ def arithmetic_digits_reward(per_digit: float = 1.0) -> RewardFn:
     """Partial credit from the same verifier: the fraction of the answer's digits that are right, aligned
     from the units digit, over ``max(len(answer), len(prediction))`` (so extra or missing digits cost);
     0 when the completion does not start with an integer. ``per_digit`` scales it (1 = exact answer)."""
-    from jaxpt.data.tasks import parse_answer, solve
 
     def score(prompt: str, completion: str) -> float:
         got = parse_answer(completion)

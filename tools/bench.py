@@ -163,7 +163,7 @@ def case_sft(args) -> list[dict]:
     variants = [(f"jaxpt (fused loss, blocks of {chunk})" if chunk < b * t else "jaxpt", chunk)]
     if chunk < b * t:
         variants.append(("jaxpt (plain logits)", b * t))  # the unfused loss, side by side
-    rows = []
+    rows, runs = [], []
     for label, chunk in variants:
         own = jax.tree.map(jnp.copy, params)  # the step donates its state; keep `params` for the reference
         holder = [TrainState(jnp.zeros((), jnp.int32), own, tx.init(own), jax.random.key_data(jax.random.key(0)))]
@@ -174,13 +174,7 @@ def case_sft(args) -> list[dict]:
             jax.block_until_ready(m)
 
         stats = timeit(run, args.repeats)
-        if not rows:  # the default variant: also timed step by step between TRL's steps below
-
-            def default_step(run=run) -> float:
-                start = time.perf_counter()
-                run()
-                return time.perf_counter() - start
-
+        runs.append(run)
         tokens_per_s = b * t / stats["median_s"]
         mfu = tokens_per_s * train_flops_per_token(config, t) / peak
         rows.append(
@@ -190,6 +184,11 @@ def case_sft(args) -> list[dict]:
             )
         )
     if args.reference:
+        def default_step() -> float:  # the default variant, timed step by step between TRL's steps
+            start = time.perf_counter()
+            runs[0]()
+            return time.perf_counter() - start
+
         trl_row, ours = _trl_sft(config, params, b, t, max(3, args.repeats), between=default_step)
         label = rows[0]["impl"]
         rows.append(trl_row)
