@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpt.generation.sampler import SamplingConfig, filter_logits, generate
+from jaxpt.generation.sampler import SamplingConfig, _invert_cdf, filter_logits, generate, sample_token
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, init_params
 
@@ -35,6 +35,37 @@ def test_top_k_then_top_p_compose():
     kept = np.asarray(filter_logits(logits, top_k=3, top_p=0.9)) > -1e30
     # After top-k the renormalised probs are 4/9, 3/9, 2/9: mass before the 3rd is 7/9 < 0.9 -> keep 3.
     assert kept.tolist() == [[True, True, True, False]]
+
+
+@pytest.mark.parametrize("vocab", [7, 129, 1000])
+def test_two_level_cdf_inversion_equals_one_cumsum(vocab):
+    rng = np.random.default_rng(vocab)
+    w = rng.random((64, vocab)) ** 4 * (rng.random((64, vocab)) < 0.5)
+    w[:, 0] += 1e-3
+    u = rng.random(64)
+    cdf = np.cumsum(w, axis=-1)
+    expected = (cdf <= (u * cdf[:, -1])[:, None]).sum(-1)
+    got = np.asarray(_invert_cdf(jnp.asarray(w, jnp.float32), jnp.asarray(u, jnp.float32)))
+    np.testing.assert_array_equal(got, expected)
+    assert (w[np.arange(64), got] > 0).all()  # never a zero-weight (filtered) token
+
+
+def test_sampled_frequencies_follow_the_filtered_softmax():
+    """200k draws over a 300-token vocabulary (three CDF blocks) with top-k and temperature."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(1, 300)) * 2, jnp.float32)
+    sampling = SamplingConfig(temperature=0.8, top_k=40)
+    n = 200_000
+    tokens, logp = jax.jit(jax.vmap(lambda u: sample_token(logits, u[None], sampling)))(
+        jax.random.uniform(jax.random.key(0), (n,))
+    )
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=300) / n
+    expected = np.asarray(jax.nn.softmax(filter_logits(logits / 0.8, top_k=40))[0])
+    assert counts[expected == 0].sum() == 0
+    assert np.abs(counts - expected).sum() / 2 < 0.01  # total variation
+    # the reported log-prob is under the temperature-scaled, unfiltered distribution
+    full = np.asarray(jax.nn.log_softmax(logits / 0.8)[0])
+    np.testing.assert_allclose(np.asarray(logp).ravel(), full[np.asarray(tokens).ravel()], atol=1e-5)
 
 
 def test_invalid_sampling_config():

@@ -121,18 +121,23 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ attention
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention. q [B,T,H,D]; k, v head-major [B,K,S,D]; mask [B,T,S] (True = attend).
+def dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array, scale: float, keys_transposed: bool = False
+) -> Array:
+    """Grouped-query attention. q [B,T,H,D]; k head-major [B,K,S,D] (or [B,K,D,S] with
+    ``keys_transposed``); v [B,K,S,D]; mask [B,T,S] (True = attend).
 
     The query groups of a KV head are folded into one matmul row block, so both products are plain batched
-    matmuls over (batch, kv_head) with no transpose of the (possibly long) key/value cache. Scores and
-    softmax are in float32; rows with nothing to attend to (padding queries) come out uniform, not NaN.
+    matmuls over (batch, kv_head). The KV cache keeps keys transposed: then ``q @ k`` needs no packing of
+    the keys on every decode step (measured ~2x faster for that product on CPU). Scores and softmax are in
+    float32; rows with nothing to attend to (padding queries) come out uniform, not NaN.
     """
     b, t, h, d = q.shape
-    kv_heads, s = k.shape[1], k.shape[2]
+    kv_heads, s = v.shape[1], v.shape[2]
     g = h // kv_heads
     q = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
+    spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
+    scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * scale
     scores = scores.reshape(b, kv_heads, g, t, s)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
@@ -160,9 +165,7 @@ class Projection(nn.Module):
         kernel = self.param("kernel", _init(0.02, self.axes), shape, self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
         if self.use_bias:
-            bias = self.param(
-                "bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype
-            )
+            bias = self.param("bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
 
@@ -201,18 +204,21 @@ class Attention(nn.Module):
         k = _constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
         v = _constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major [B, K, T, D]
         new_cache = None
-        if layer_cache is not None:
+        if layer_cache is None:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major [B, K, T, D]
+        else:  # cache: keys [B, K, D, S], values [B, K, S, D]
             k = lax.dynamic_update_slice(
-                layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, 0, cache_index, 0)
+                layer_cache["k"], k.transpose(0, 2, 3, 1).astype(layer_cache["k"].dtype), (0, 0, 0, cache_index)
             )
             v = lax.dynamic_update_slice(
-                layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, 0, cache_index, 0)
+                layer_cache["v"], v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype), (0, 0, cache_index, 0)
             )
             new_cache = {"k": k, "v": v}
             k, v = k.astype(c.dtype), v.astype(c.dtype)
-        out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5)
+            if isinstance(cache_index, int):  # static offset (prefill): attend to the filled slots only
+                k, v = k[..., : cache_index + x.shape[1]], v[:, :, : cache_index + x.shape[1]]
+        out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5, keys_transposed=layer_cache is not None)
         out = Projection(
             (c.hidden_size,), 2, ("heads", "head_dim", "embed"), c.o_bias, c.dtype, c.param_dtype, name="o"
         )(out)
@@ -254,9 +260,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
-        h, new_cache = Attention(c, name="attn")(
-            _norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index
-        )
+        h, new_cache = Attention(c, name="attn")(_norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index)
         x = x + h
         x = x + MLP(c, name="mlp")(_norm(c, "post_attn_norm")(x))
         x = _constrain(x, ("act_batch", "act_length", "act_embed"))
@@ -264,7 +268,11 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Causal LM. Returns ``(logits or final hidden states, updated cache or None)``."""
+    """Causal LM. Returns ``(logits or final hidden states, updated cache or None)``.
+
+    ``last_logits_only`` projects only the last position onto the vocabulary (a generation prefill needs
+    nothing else: for a 128-token prompt that skips 99% of the LM-head work).
+    """
 
     config: ModelConfig
 
@@ -277,6 +285,7 @@ class Decoder(nn.Module):
         cache: Cache | None = None,
         cache_index: Array | int | None = None,
         return_hidden: bool = False,
+        last_logits_only: bool = False,
     ) -> tuple[Array, Cache | None]:
         c = self.config
         b, t = tokens.shape
@@ -313,15 +322,12 @@ class Decoder(nn.Module):
         else:
             key_segments = lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             q_idx = cache_index + jnp.arange(t)
-            k_idx = jnp.arange(key_segments.shape[1])
+            k_idx = jnp.arange(cache_index + t if isinstance(cache_index, int) else key_segments.shape[1])
         causal = k_idx[None, :] <= q_idx[:, None]
         if c.sliding_window:
             causal &= q_idx[:, None] - k_idx[None, :] < c.sliding_window
-        mask = (
-            (segment_ids[:, :, None] == key_segments[:, None, :])
-            & (key_segments[:, None, :] != 0)
-            & causal[None]
-        )
+        keys = key_segments[:, None, : k_idx.shape[0]]
+        mask = (segment_ids[:, :, None] == keys) & (keys != 0) & causal[None]
 
         block = Block
         if c.remat != "none":
@@ -350,6 +356,8 @@ class Decoder(nn.Module):
             new_cache = {"layers": new_layers, "segment_ids": key_segments}
         if return_hidden:
             return x, new_cache
+        if last_logits_only:
+            x = x[:, -1:]
         if c.tie_word_embeddings:
             logits = embed.attend(x)
         else:
@@ -367,16 +375,16 @@ class Decoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------- helpers
 def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> Cache:
-    """Preallocated KV cache: per layer head-major [B, K, S, D] (stacked [L, ...] when layers are scanned)."""
+    """Preallocated KV cache, per layer keys [B, K, D, S] and values [B, K, S, D] (stacked [L, ...] when
+    layers are scanned)."""
     dtype = dtype or config.dtype
-    shape = (batch, config.num_kv_heads, max_length, config.head_dim)
-    if config.scan_layers:
-        shape = (config.num_layers, *shape)
-        layers: Any = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-    else:
-        layers = [
-            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)
-        ]
+    kv, d, s = config.num_kv_heads, config.head_dim, max_length
+    lead = (config.num_layers, batch) if config.scan_layers else (batch,)
+
+    def layer() -> dict[str, Array]:
+        return {"k": jnp.zeros((*lead, kv, d, s), dtype), "v": jnp.zeros((*lead, kv, s, d), dtype)}
+
+    layers: Any = layer() if config.scan_layers else [layer() for _ in range(config.num_layers)]
     return {"layers": layers, "segment_ids": jnp.zeros((batch, max_length), jnp.int32)}
 
 
