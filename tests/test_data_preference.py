@@ -7,6 +7,9 @@ from jaxpt.data.preference import (
     PreferenceDataIterator,
     build_preference_batch,
     build_preference_dataset,
+    completion_window,
+    empty_pair,
+    fixed_preference_batches,
     tokenize_pair,
 )
 
@@ -110,3 +113,33 @@ def test_shipped_preference_data(tmp_path, char_tokenizer):
     assert len(pairs) == 200
     batch = build_preference_batch(pairs[:4], seq_len=16)
     assert batch["inputs"].shape == (8, 16) and (batch["completion_lengths"] >= 2).all()
+
+
+def test_completion_index_selects_exactly_the_loss_slots():
+    """Varied prompt/completion lengths, rows cut at seq_len, an empty prompt and padding pairs: the window
+    is the largest kept completion, and ``completion_index[:, :len]`` lists exactly the ``loss_mask`` slots."""
+    rng = np.random.default_rng(0)
+    seq_len = 12
+
+    def ids(n):
+        return rng.integers(3, 50, n).astype(np.int32)
+
+    pairs = [
+        {"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)}
+        for p, c, r in [(4, 3, 5), (1, 9, 2), (7, 8, 1), (0, 4, 6), (11, 3, 2)]
+    ]
+    window = completion_window(pairs, seq_len)
+    assert window == 9  # prompt 1 + chosen 9: every completion token is a target
+    batches = fixed_preference_batches(pairs + [empty_pair(pairs[0])], 3, seq_len, 0, completion_index=True)
+    for batch in batches:
+        index = batch["completion_index"]
+        assert index.shape == (6, window) and index.dtype == np.int32
+        for r in range(6):
+            n = batch["completion_lengths"][r]
+            slots = np.flatnonzero(batch["loss_mask"][r])
+            np.testing.assert_array_equal(index[r, :n], slots)
+            assert (index[r] < seq_len).all()
+    with pytest.raises(ValueError, match="completion window 3"):
+        build_preference_batch(pairs, seq_len, window=3)
+    # no window when it would cover the whole row
+    assert "completion_index" not in fixed_preference_batches(pairs, 3, 8, 0, completion_index=True)[0]

@@ -44,7 +44,7 @@ def _bench():
 def preference_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random pairs sharing their prompt: ``[2 * PAIRS, PROMPT + COMPLETION]``, already shifted (the last slot
     of each row is padding: a row of n tokens fills n - 1 slots)."""
-    from jaxpt.data.preference import build_preference_batch
+    from jaxpt.data.preference import build_preference_batch, useful_window
 
     rng = np.random.default_rng(seed)
     pairs = [
@@ -55,7 +55,8 @@ def preference_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
         }
         for _ in range(PAIRS)
     ]
-    return build_preference_batch(pairs, PROMPT + COMPLETION)
+    # the completion window DPO's data iterator adds (only completion slots go through the LM head)
+    return build_preference_batch(pairs, PROMPT + COMPLETION, window=useful_window(pairs, PROMPT + COMPLETION))
 
 
 def _jaxpt_rows(config, params, batch, args) -> list[dict]:

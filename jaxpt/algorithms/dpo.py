@@ -100,12 +100,23 @@ def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_
 
 
 def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int) -> jax.Array:
-    """``[2B]`` summed completion log-probs (``loss_mask`` on non-padding targets), float32."""
+    """``[2B]`` summed completion log-probs (``loss_mask`` on non-padding targets), float32.
+
+    With ``batch["completion_index"]`` only the completion slots go through the LM head: prompt positions
+    need no logits, and the head is ~40% of a small model's FLOPs (TRL's DPOTrainer likewise projects only
+    labelled positions; here the window is static, sized from the data).
+    """
     hidden, _ = Decoder(config).apply(
         {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
     )
-    lp = token_logps(hidden, head_kernel(config, params), batch["targets"], chunk_size)
-    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
+    targets, mask = batch["targets"], batch["loss_mask"] * (batch["segment_ids"] > 0)
+    if "completion_index" in batch:
+        index = batch["completion_index"]
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, index, axis=1)
+        in_window = jnp.arange(index.shape[1])[None, :] < batch["completion_lengths"][:, None]
+        mask = jnp.take_along_axis(mask, index, axis=1) * in_window
+    lp = token_logps(hidden, head_kernel(config, params), targets, chunk_size)
     return masked_sum(lp, mask, axis=-1)
 
 
@@ -232,7 +243,7 @@ def precompute_reference(
     """Adds ``row_ref_logps = [ref log p(chosen), ref log p(rejected)]`` to every pair, in place."""
     fn = jax.jit(lambda p, b: sequence_logps(ref_config, p, b, chunk_size), in_shardings=(None, batch_sharding(mesh)))
     for pairs in pair_sets:
-        batches = fixed_preference_batches(pairs, batch_size, seq_len, pad_id)
+        batches = fixed_preference_batches(pairs, batch_size, seq_len, pad_id, completion_index=True)
         for k, batch in enumerate(batches):
             lp = np.asarray(jax.device_get(fn(ref_params, shard_batch(batch, mesh))), np.float32)
             for i, pair in enumerate(pairs[k * batch_size : (k + 1) * batch_size]):
@@ -265,8 +276,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     elif not reference_free:
         frozen = lambda params: load_reference()  # noqa: E731  (the initial / given model, never the policy)
 
-    train_iter = PreferenceDataIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
-    eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad) if held_out else []
+    train_iter = PreferenceDataIterator(
+        train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad, completion_index=True
+    )
+    eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad, completion_index=True) if held_out else []
 
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, tokenizer=tokenizer)

@@ -11,6 +11,8 @@ exceeds ``max_length`` the completion is cut from the right to fit.
 
 Batches stack chosen rows first, then rejected rows: ``[2B, seq_len]``, right-padded, one segment per row,
 ``loss_mask`` on completion targets only, plus ``completion_lengths`` [2B] (completion tokens in the loss).
+With a completion window ``W`` (DPO asks for one: ``completion_window``), ``completion_index`` [2B, W] also
+holds each row's completion target slots, so the loss can send only those through the LM head.
 """
 
 from __future__ import annotations
@@ -121,13 +123,27 @@ def build_preference_dataset(
 ROW_PREFIX = "row_"  # pair[f"row_{name}"] = [chosen value, rejected value] -> batch[name] [2B] float32
 
 
-def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0) -> Batch:
+def completion_window(pairs: Sequence[Pair], seq_len: int) -> int:
+    """The most completion targets any row of ``pairs`` keeps in a ``seq_len`` batch (a static bound).
+
+    A row of prompt ``p`` and completion ``c`` tokens keeps ``min(p + c, seq_len + 1)`` tokens, whose targets
+    from slot ``max(p, 1) - 1`` on are completion tokens.
+    """
+    def kept(prompt: np.ndarray, completion: np.ndarray) -> int:
+        return max(0, min(len(prompt) + len(completion), seq_len + 1) - max(len(prompt), 1))
+
+    return max((kept(p["prompt_ids"], p[k]) for p in pairs for k in ("chosen_ids", "rejected_ids")), default=0)
+
+
+def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0, window: int = 0) -> Batch:
     """``[2B, seq_len]`` batch: chosen rows (prompt + chosen) then rejected rows, right-padded.
 
     Sequences longer than ``seq_len + 1`` tokens are cut from the right (size ``max_length <= seq_len + 1``
     to avoid it). ``completion_lengths`` counts completion targets kept in the loss per row (int32). Per-pair
     values stored as ``pair["row_<name>"] = [chosen, rejected]`` (margins, cached reference log-probs) become
-    ``batch["<name>"]``, ``[2B]`` float32 in the same row order.
+    ``batch["<name>"]``, ``[2B]`` float32 in the same row order. ``window > 0`` (at least
+    ``completion_window(pairs, seq_len)``) adds ``completion_index`` ``[2B, window]``: the slot of each row's
+    ``j``-th completion target (valid for ``j < completion_lengths``; later entries repeat a valid slot).
     """
     seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [
         (p["prompt_ids"], p["rejected_ids"]) for p in pairs
@@ -152,6 +168,11 @@ def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0)
         batch["positions"][r, :n] = np.arange(n)
         batch["segment_ids"][r, :n] = 1
     batch["completion_lengths"] = batch["loss_mask"].sum(axis=1).astype(np.int32)
+    if window:
+        if batch["completion_lengths"].max(initial=0) > window:
+            raise ValueError(f"completion window {window} < {batch['completion_lengths'].max()} completion targets")
+        start = np.asarray([max(len(prompt), 1) - 1 for prompt, _ in seqs])[:, None]
+        batch["completion_index"] = np.minimum(start + np.arange(window), seq_len - 1).astype(np.int32)
     for key in pairs[0]:
         if key.startswith(ROW_PREFIX):
             values = np.stack([p[key] for p in pairs]).astype(np.float32)  # [B, 2]
@@ -166,17 +187,29 @@ def empty_pair(like: Pair) -> Pair:
     return out
 
 
-def fixed_preference_batches(pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int) -> list[Batch]:
-    """One in-order pass (eval, precomputation); the last batch is filled with padding pairs."""
+def useful_window(pairs: Sequence[Pair], seq_len: int) -> int:
+    """``completion_window`` when it is shorter than ``seq_len`` (else 0: no window, every slot counts)."""
+    window = completion_window(pairs, seq_len)
+    return window if 0 < window < seq_len else 0
+
+
+def fixed_preference_batches(
+    pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int, completion_index: bool = False
+) -> list[Batch]:
+    """One in-order pass (eval, precomputation); the last batch is filled with padding pairs.
+    ``completion_index``: add the completion window of all ``pairs`` (one shape for every batch)."""
     pairs = list(pairs)
+    window = useful_window(pairs, seq_len) if completion_index else 0
     pairs += [empty_pair(pairs[0]) for _ in range(-len(pairs) % batch_size)]
     return [
-        build_preference_batch(pairs[i : i + batch_size], seq_len, pad_id) for i in range(0, len(pairs), batch_size)
+        build_preference_batch(pairs[i : i + batch_size], seq_len, pad_id, window)
+        for i in range(0, len(pairs), batch_size)
     ]
 
 
 class PreferenceDataIterator(EpochIterator):
-    """Infinite ``[2 * batch_size, seq_len]`` preference batches; same shuffle/state contract as SFT."""
+    """Infinite ``[2 * batch_size, seq_len]`` preference batches; same shuffle/state contract as SFT.
+    ``completion_index``: batches carry the completion window of the whole dataset (one static shape)."""
 
     def __init__(
         self,
@@ -186,12 +219,14 @@ class PreferenceDataIterator(EpochIterator):
         seed: int = 0,
         shuffle: bool = True,
         pad_id: int = 0,
+        completion_index: bool = False,
     ):
         super().__init__(len(pairs), batch_size, seed, shuffle)
         self.pairs, self.seq_len, self.pad_id = list(pairs), seq_len, pad_id
+        self.window = useful_window(self.pairs, seq_len) if completion_index else 0
 
     def _layout(self, epoch: int) -> list[int]:
         return [int(i) for i in self._order(epoch)]
 
     def __next__(self) -> Batch:
-        return build_preference_batch([self.pairs[i] for i in self._take()], self.seq_len, self.pad_id)
+        return build_preference_batch([self.pairs[i] for i in self._take()], self.seq_len, self.pad_id, self.window)
