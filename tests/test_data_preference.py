@@ -7,9 +7,10 @@ from jaxpt.data.preference import (
     PreferenceDataIterator,
     build_preference_batch,
     build_preference_dataset,
-    completion_window,
+    build_shared_prompt_batch,
     empty_pair,
     fixed_preference_batches,
+    shared_prompt_shape,
     tokenize_pair,
 )
 
@@ -115,9 +116,9 @@ def test_shipped_preference_data(tmp_path, char_tokenizer):
     assert batch["inputs"].shape == (8, 16) and (batch["completion_lengths"] >= 2).all()
 
 
-def test_completion_index_selects_exactly_the_loss_slots():
-    """Varied prompt/completion lengths, rows cut at seq_len, an empty prompt and padding pairs: the window
-    is the largest kept completion, and ``completion_index[:, :len]`` lists exactly the ``loss_mask`` slots."""
+def test_shared_prompt_layout_keeps_the_flat_layouts_tokens():
+    """Varied lengths, rows cut at seq_len, an empty prompt and padding pairs: each shared-prompt row holds
+    exactly the tokens (and loss targets) of the same row in the flat layout."""
     rng = np.random.default_rng(0)
     seq_len = 12
 
@@ -128,18 +129,20 @@ def test_completion_index_selects_exactly_the_loss_slots():
         {"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)}
         for p, c, r in [(4, 3, 5), (1, 9, 2), (7, 8, 1), (0, 4, 6), (11, 3, 2)]
     ]
-    window = completion_window(pairs, seq_len)
-    assert window == 9  # prompt 1 + chosen 9: every completion token is a target
-    batches = fixed_preference_batches(pairs + [empty_pair(pairs[0])], 3, seq_len, 0, completion_index=True)
-    for batch in batches:
-        index = batch["completion_index"]
-        assert index.shape == (6, window) and index.dtype == np.int32
+    assert shared_prompt_shape(pairs, seq_len) == (11, 9)
+    padded = pairs + [empty_pair(pairs[0])]
+    flat = fixed_preference_batches(padded, 3, seq_len, 0)
+    shared = fixed_preference_batches(padded, 3, seq_len, 0, shared_prompt=True)
+    for f, s in zip(flat, shared, strict=True):
+        assert s["prompt_tokens"].shape == (3, 11) and s["completion_tokens"].shape == (6, 9)
+        np.testing.assert_array_equal(s["completion_lengths"], f["completion_lengths"])
         for r in range(6):
-            n = batch["completion_lengths"][r]
-            slots = np.flatnonzero(batch["loss_mask"][r])
-            np.testing.assert_array_equal(index[r, :n], slots)
-            assert (index[r] < seq_len).all()
-    with pytest.raises(ValueError, match="completion window 3"):
-        build_preference_batch(pairs, seq_len, window=3)
-    # no window when it would cover the whole row
-    assert "completion_index" not in fixed_preference_batches(pairs, 3, 8, 0, completion_index=True)[0]
+            prompt = s["prompt_tokens"][r % 3][s["prompt_mask"][r % 3] > 0]
+            completion = s["completion_tokens"][r][s["completion_segment_ids"][r] > 0]
+            row = np.concatenate([f["inputs"][r, :1], f["targets"][r]])[: f["segment_ids"][r].sum() + 1]
+            if f["segment_ids"][r].sum():
+                np.testing.assert_array_equal(np.concatenate([prompt, completion]), row)
+            targets = s["completion_tokens"][r][s["completion_mask"][r] > 0]
+            np.testing.assert_array_equal(targets, f["targets"][r][f["loss_mask"][r] > 0])
+    with pytest.raises(ValueError, match="does not fit the shared-prompt shape"):
+        build_shared_prompt_batch(pairs, seq_len, (11, 3))

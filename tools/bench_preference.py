@@ -6,8 +6,9 @@
 8 pairs, prompt 128 + completion 128 tokens (a [16, 256] batch: chosen rows, then rejected rows), float32,
 AdamW, sigmoid DPO loss (beta 0.1). Rows, all in this process on the same weights and data:
 
-- ``jaxpt``: the algorithm's real loss (``jaxpt.algorithms.dpo``) in the loop's train step, one forward of
-  chosen + rejected through the policy and one through the frozen reference, inside the jitted step;
+- ``jaxpt``: the algorithm's real loss (``jaxpt.algorithms.dpo``) in the loop's train step on the batches its
+  data iterator makes (shared-prompt layout: each prompt once, the chosen and rejected completions on its KV
+  cache), through the policy and through the frozen reference, inside the jitted step;
 - ``jaxpt (precomputed reference)``: the same step with cached reference log-probs (no reference forward);
 - ``torch (TRL-style step)``: what TRL's DPOTrainer does per step, written out: transformers'
   LlamaForCausalLM policy and reference, chosen + rejected concatenated in one forward each, completion
@@ -41,13 +42,10 @@ def _bench():
     return bench
 
 
-def preference_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random pairs sharing their prompt: ``[2 * PAIRS, PROMPT + COMPLETION]``, already shifted (the last slot
-    of each row is padding: a row of n tokens fills n - 1 slots)."""
-    from jaxpt.data.preference import build_preference_batch, useful_window
-
+def preference_pairs(vocab: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Random token pairs sharing their prompt: PROMPT + COMPLETION tokens each."""
     rng = np.random.default_rng(seed)
-    pairs = [
+    return [
         {
             "prompt_ids": rng.integers(3, vocab, PROMPT).astype(np.int32),
             "chosen_ids": rng.integers(3, vocab, COMPLETION).astype(np.int32),
@@ -55,8 +53,17 @@ def preference_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
         }
         for _ in range(PAIRS)
     ]
-    # the completion window DPO's data iterator adds (only completion slots go through the LM head)
-    return build_preference_batch(pairs, PROMPT + COMPLETION, window=useful_window(pairs, PROMPT + COMPLETION))
+
+
+def preference_batch(pairs, shared_prompt: bool) -> dict[str, np.ndarray]:
+    """The flat ``[2 * PAIRS, PROMPT + COMPLETION]`` batch (already shifted: the last slot of each row is
+    padding, a row of n tokens fills n - 1 slots), or the shared-prompt one DPO's data iterator makes."""
+    from jaxpt.data.preference import build_preference_batch, build_shared_prompt_batch, shared_prompt_shape
+
+    seq = PROMPT + COMPLETION
+    if shared_prompt:
+        return build_shared_prompt_batch(pairs, seq, shared_prompt_shape(pairs, seq))
+    return build_preference_batch(pairs, seq)
 
 
 def _jaxpt_rows(config, params, batch, args) -> list[dict]:
@@ -217,8 +224,9 @@ def case_dpo(args) -> list[dict]:
     bench = _bench()
     config = bench.bench_small_config()
     params = init_params(config, jax.random.key(0))
-    batch = preference_batch(config.vocab_size)
-    rows = _jaxpt_rows(config, params, batch, args)
+    pairs = preference_pairs(config.vocab_size)
+    rows = _jaxpt_rows(config, params, preference_batch(pairs, shared_prompt=True), args)
+    batch = preference_batch(pairs, shared_prompt=False)  # the torch step's [2B, T] rows
     if args.reference:
         rows.append(_torch_row(config, params, batch, max(3, args.repeats)))
         trl_row = _trl_row(config, params, max(3, args.repeats))

@@ -11,8 +11,12 @@ exceeds ``max_length`` the completion is cut from the right to fit.
 
 Batches stack chosen rows first, then rejected rows: ``[2B, seq_len]``, right-padded, one segment per row,
 ``loss_mask`` on completion targets only, plus ``completion_lengths`` [2B] (completion tokens in the loss).
-With a completion window ``W`` (DPO asks for one: ``completion_window``), ``completion_index`` [2B, W] also
-holds each row's completion target slots, so the loss can send only those through the LM head.
+
+DPO uses the *shared-prompt* layout instead (``build_shared_prompt_batch``): each pair's prompt once, left-padded
+``prompt_tokens`` [B, P], and its completions as ``completion_tokens`` [2B, C] (chosen rows first), with
+``completion_mask`` on completion targets and the same ``completion_lengths``; ``P`` and ``C`` are the longest
+kept prompt and completion of the whole dataset (one static shape). The rows keep exactly the tokens the flat
+layout keeps.
 """
 
 from __future__ import annotations
@@ -37,8 +41,7 @@ def check_columns(columns: Sequence[str]) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(
-            f"preference data needs columns {list(REQUIRED_COLUMNS)}; missing {missing}, "
-            f"found {sorted(columns)}"
+            f"preference data needs columns {list(REQUIRED_COLUMNS)}; missing {missing}, found {sorted(columns)}"
         )
 
 
@@ -81,15 +84,11 @@ def tokenize_pair(
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             completions[key] = list(ids) + [int(tokenizer.eos_token_id)]
     else:
-        raise ValueError(
-            f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}"
-        )
+        raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
 
     if max_prompt_length is not None:
         prompt_ids = prompt_ids[len(prompt_ids) - min(len(prompt_ids), max_prompt_length) :]
-    prompt_ids = prompt_ids[
-        max(0, len(prompt_ids) - (max_length - 1)) :
-    ]  # leave room for one completion token
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - 1)) :]  # leave room for one completion token
     budget = max_length - len(prompt_ids)
     if max_completion_length is not None:
         budget = min(budget, max_completion_length)
@@ -123,31 +122,15 @@ def build_preference_dataset(
 ROW_PREFIX = "row_"  # pair[f"row_{name}"] = [chosen value, rejected value] -> batch[name] [2B] float32
 
 
-def completion_window(pairs: Sequence[Pair], seq_len: int) -> int:
-    """The most completion targets any row of ``pairs`` keeps in a ``seq_len`` batch (a static bound).
-
-    A row of prompt ``p`` and completion ``c`` tokens keeps ``min(p + c, seq_len + 1)`` tokens, whose targets
-    from slot ``max(p, 1) - 1`` on are completion tokens.
-    """
-    def kept(prompt: np.ndarray, completion: np.ndarray) -> int:
-        return max(0, min(len(prompt) + len(completion), seq_len + 1) - max(len(prompt), 1))
-
-    return max((kept(p["prompt_ids"], p[k]) for p in pairs for k in ("chosen_ids", "rejected_ids")), default=0)
-
-
-def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0, window: int = 0) -> Batch:
+def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0) -> Batch:
     """``[2B, seq_len]`` batch: chosen rows (prompt + chosen) then rejected rows, right-padded.
 
     Sequences longer than ``seq_len + 1`` tokens are cut from the right (size ``max_length <= seq_len + 1``
     to avoid it). ``completion_lengths`` counts completion targets kept in the loss per row (int32). Per-pair
     values stored as ``pair["row_<name>"] = [chosen, rejected]`` (margins, cached reference log-probs) become
-    ``batch["<name>"]``, ``[2B]`` float32 in the same row order. ``window > 0`` (at least
-    ``completion_window(pairs, seq_len)``) adds ``completion_index`` ``[2B, window]``: the slot of each row's
-    ``j``-th completion target (valid for ``j < completion_lengths``; later entries repeat a valid slot).
+    ``batch["<name>"]``, ``[2B]`` float32 in the same row order.
     """
-    seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [
-        (p["prompt_ids"], p["rejected_ids"]) for p in pairs
-    ]
+    seqs = [(p["prompt_ids"], p["chosen_ids"]) for p in pairs] + [(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
     n_rows = len(seqs)
     batch = {
         "inputs": np.full((n_rows, seq_len), pad_id, np.int32),
@@ -168,15 +151,63 @@ def build_preference_batch(pairs: Sequence[Pair], seq_len: int, pad_id: int = 0,
         batch["positions"][r, :n] = np.arange(n)
         batch["segment_ids"][r, :n] = 1
     batch["completion_lengths"] = batch["loss_mask"].sum(axis=1).astype(np.int32)
-    if window:
-        if batch["completion_lengths"].max(initial=0) > window:
-            raise ValueError(f"completion window {window} < {batch['completion_lengths'].max()} completion targets")
-        start = np.asarray([max(len(prompt), 1) - 1 for prompt, _ in seqs])[:, None]
-        batch["completion_index"] = np.minimum(start + np.arange(window), seq_len - 1).astype(np.int32)
+    _add_row_values(batch, pairs)
+    return batch
+
+
+def _add_row_values(batch: Batch, pairs: Sequence[Pair]) -> None:
     for key in pairs[0]:
         if key.startswith(ROW_PREFIX):
             values = np.stack([p[key] for p in pairs]).astype(np.float32)  # [B, 2]
             batch[key[len(ROW_PREFIX) :]] = np.concatenate([values[:, 0], values[:, 1]])
+
+
+def _kept(pair: Pair, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prompt, chosen, rejected as the flat layout keeps them: ``prompt + completion`` cut to ``seq_len + 1``."""
+    prompt = pair["prompt_ids"][: seq_len + 1]
+    room = seq_len + 1 - len(prompt)
+    return prompt, pair["chosen_ids"][:room], pair["rejected_ids"][:room]
+
+
+def shared_prompt_shape(pairs: Sequence[Pair], seq_len: int) -> tuple[int, int]:
+    """``(P, C)``: the longest kept prompt and completion of ``pairs`` (each at least 1)."""
+    kept = [_kept(p, seq_len) for p in pairs]
+    return max([1, *(len(k[0]) for k in kept)]), max([1, *(max(len(k[1]), len(k[2])) for k in kept)])
+
+
+def build_shared_prompt_batch(pairs: Sequence[Pair], seq_len: int, shape: tuple[int, int], pad_id: int = 0) -> Batch:
+    """Shared-prompt layout (module docstring) for ``shape = (P, C)`` from ``shared_prompt_shape``.
+
+    ``prompt_tokens`` / ``prompt_mask`` [B, P] left-padded; ``completion_tokens`` /
+    ``completion_segment_ids`` (1 on kept tokens) / ``completion_mask`` [2B, C] right-padded (the mask is on
+    completion tokens that are predicted, i.e. all of them unless the prompt is empty, when nothing predicts
+    the first); ``completion_lengths`` [2B] and per-pair row values as in
+    ``build_preference_batch``. The last prompt position predicts each completion's first token.
+    """
+    p_len, c_len = shape
+    b = len(pairs)
+    batch = {
+        "prompt_tokens": np.full((b, p_len), pad_id, np.int32),
+        "prompt_mask": np.zeros((b, p_len), np.int32),
+        "completion_tokens": np.full((2 * b, c_len), pad_id, np.int32),
+        "completion_mask": np.zeros((2 * b, c_len), np.float32),
+        "completion_segment_ids": np.zeros((2 * b, c_len), np.int32),
+    }
+    for i, pair in enumerate(pairs):
+        prompt, chosen, rejected = _kept(pair, seq_len)
+        if len(prompt) > p_len or max(len(chosen), len(rejected)) > c_len:
+            raise ValueError(f"pair {i} does not fit the shared-prompt shape {shape}")
+        if len(prompt):
+            batch["prompt_tokens"][i, p_len - len(prompt) :] = prompt
+            batch["prompt_mask"][i, p_len - len(prompt) :] = 1
+        for r, completion in ((i, chosen), (b + i, rejected)):
+            batch["completion_tokens"][r, : len(completion)] = completion
+            batch["completion_mask"][r, : len(completion)] = 1
+            batch["completion_segment_ids"][r, : len(completion)] = 1
+            if not len(prompt):
+                batch["completion_mask"][r, :1] = 0
+    batch["completion_lengths"] = batch["completion_mask"].sum(axis=1).astype(np.int32)
+    _add_row_values(batch, pairs)
     return batch
 
 
@@ -187,29 +218,23 @@ def empty_pair(like: Pair) -> Pair:
     return out
 
 
-def useful_window(pairs: Sequence[Pair], seq_len: int) -> int:
-    """``completion_window`` when it is shorter than ``seq_len`` (else 0: no window, every slot counts)."""
-    window = completion_window(pairs, seq_len)
-    return window if 0 < window < seq_len else 0
-
-
 def fixed_preference_batches(
-    pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int, completion_index: bool = False
+    pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int, shared_prompt: bool = False
 ) -> list[Batch]:
     """One in-order pass (eval, precomputation); the last batch is filled with padding pairs.
-    ``completion_index``: add the completion window of all ``pairs`` (one shape for every batch)."""
+    ``shared_prompt``: the shared-prompt layout, one shape for all of ``pairs``."""
     pairs = list(pairs)
-    window = useful_window(pairs, seq_len) if completion_index else 0
+    shape = shared_prompt_shape(pairs, seq_len) if shared_prompt else None
     pairs += [empty_pair(pairs[0]) for _ in range(-len(pairs) % batch_size)]
-    return [
-        build_preference_batch(pairs[i : i + batch_size], seq_len, pad_id, window)
-        for i in range(0, len(pairs), batch_size)
-    ]
+    chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+    if shared_prompt:
+        return [build_shared_prompt_batch(c, seq_len, shape, pad_id) for c in chunks]
+    return [build_preference_batch(c, seq_len, pad_id) for c in chunks]
 
 
 class PreferenceDataIterator(EpochIterator):
     """Infinite ``[2 * batch_size, seq_len]`` preference batches; same shuffle/state contract as SFT.
-    ``completion_index``: batches carry the completion window of the whole dataset (one static shape)."""
+    ``shared_prompt``: the shared-prompt layout instead, shaped once for the whole dataset."""
 
     def __init__(
         self,
@@ -219,14 +244,17 @@ class PreferenceDataIterator(EpochIterator):
         seed: int = 0,
         shuffle: bool = True,
         pad_id: int = 0,
-        completion_index: bool = False,
+        shared_prompt: bool = False,
     ):
         super().__init__(len(pairs), batch_size, seed, shuffle)
         self.pairs, self.seq_len, self.pad_id = list(pairs), seq_len, pad_id
-        self.window = useful_window(self.pairs, seq_len) if completion_index else 0
+        self.shape = shared_prompt_shape(self.pairs, seq_len) if shared_prompt else None
 
     def _layout(self, epoch: int) -> list[int]:
         return [int(i) for i in self._order(epoch)]
 
     def __next__(self) -> Batch:
-        return build_preference_batch([self.pairs[i] for i in self._take()], self.seq_len, self.pad_id, self.window)
+        pairs = [self.pairs[i] for i in self._take()]
+        if self.shape:
+            return build_shared_prompt_batch(pairs, self.seq_len, self.shape, self.pad_id)
+        return build_preference_batch(pairs, self.seq_len, self.pad_id)
