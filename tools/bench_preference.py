@@ -3,8 +3,9 @@
     python tools/bench.py dpo --repeats 5
     python tools/bench.py dpo --no-reference      # ours only
 
-8 pairs, prompt 128 + completion 128 tokens (a [16, 256] batch: chosen rows, then rejected rows), float32,
-AdamW, sigmoid DPO loss (beta 0.1). Rows, all in this process on the same weights and data:
+8 pairs, prompt 128 + completion 128 tokens (flat: a [16, 256] batch, chosen rows then rejected rows; jaxpt's
+shared-prompt layout: [8, 128] prompts + [16, 128] completions), float32, AdamW, sigmoid DPO loss (beta 0.1).
+Rows, all in this process on the same weights and data:
 
 - ``jaxpt``: the algorithm's real loss (``jaxpt.algorithms.dpo``) in the loop's train step on the batches its
   data iterator makes (shared-prompt layout: each prompt once, the chosen and rejected completions on its KV
@@ -14,7 +15,10 @@ AdamW, sigmoid DPO loss (beta 0.1). Rows, all in this process on the same weight
   LlamaForCausalLM policy and reference, chosen + rejected concatenated in one forward each, completion
   log-probs by gather - logsumexp, sigmoid DPO loss, global-norm clipping at 1.0, ``torch.optim.AdamW``;
 - ``trl-<version> DPOTrainer`` (when ``trl`` is importable; it is not a jaxpt dependency): TRL itself on
-  the same model and equivalent text pairs, step times from a callback after warm-up.
+  the same model and equivalent text pairs, step times from a callback after warm-up (TRL projects only
+  labelled positions through its fused LM head too);
+- ``jaxpt, interleaved with the TRL steps``: our default step run inside TRL's step-end callback, after TRL's
+  step is timed, so both see the same machine load step by step; its row carries ``ratio_to_trl``.
 
 Throughput is pairs per second (``pairs_per_s``).
 """
@@ -79,7 +83,7 @@ def _jaxpt_rows(config, params, batch, args) -> list[dict]:
     reference = jax.tree.map(jnp.copy, params)  # the frozen reference (the step donates the policy's buffers)
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     ref_logps = jax.jit(lambda p, b: dpo.sequence_logps(config, p, b, 0))(reference, device_batch)
-    rows = []
+    rows, runs = [], []
     for name, frozen, b in (
         ("jaxpt", reference, device_batch),
         ("jaxpt (precomputed reference)", None, {**device_batch, "ref_logps": ref_logps}),
@@ -92,6 +96,7 @@ def _jaxpt_rows(config, params, batch, args) -> list[dict]:
             jax.block_until_ready(m)
 
         stats = bench.timeit(run, args.repeats)
+        runs.append(run)
         rows.append(
             dict(
                 case="dpo",
@@ -101,8 +106,7 @@ def _jaxpt_rows(config, params, batch, args) -> list[dict]:
                 **stats,
             )
         )
-        del state
-    return rows
+    return rows, runs
 
 
 def _torch_row(config, params, batch, repeats: int) -> dict:
@@ -143,7 +147,7 @@ def _torch_row(config, params, batch, repeats: int) -> dict:
     return dict(case="dpo", impl="torch (TRL-style step)", pairs_per_s=PAIRS / stats["median_s"], **stats)
 
 
-def _trl_row(config, params, repeats: int) -> dict | None:
+def _trl_row(config, params, repeats: int, between=None) -> tuple[dict, list[float]] | None:
     """TRL's DPOTrainer on the same weights: pairs of 127 random characters of an 8184-character alphabet
     (prompt: BOS + 127 = 128 tokens; completions: 127 + EOS = 128 tokens)."""
     try:
@@ -177,7 +181,10 @@ def _trl_row(config, params, repeats: int) -> dict | None:
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t)
+            if between is not None:
+                ours.append(between())
 
+    ours: list[float] = []
     cfg = trl.DPOConfig(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=PAIRS,
@@ -205,7 +212,7 @@ def _trl_row(config, params, repeats: int) -> dict | None:
     trainer.train()
     steady = times[2:]
     med = statistics.median(steady)
-    return dict(
+    row = dict(
         case="dpo",
         impl=f"trl-{trl.__version__} DPOTrainer",
         pairs_per_s=PAIRS / med,
@@ -215,6 +222,7 @@ def _trl_row(config, params, repeats: int) -> dict | None:
         max_s=max(steady),
         repeats=len(steady),
     )
+    return row, ours[2:]
 
 
 def case_dpo(args) -> list[dict]:
@@ -225,13 +233,28 @@ def case_dpo(args) -> list[dict]:
     config = bench.bench_small_config()
     params = init_params(config, jax.random.key(0))
     pairs = preference_pairs(config.vocab_size)
-    rows = _jaxpt_rows(config, params, preference_batch(pairs, shared_prompt=True), args)
+    rows, runs = _jaxpt_rows(config, params, preference_batch(pairs, shared_prompt=True), args)
     batch = preference_batch(pairs, shared_prompt=False)  # the torch step's [2B, T] rows
     if args.reference:
         rows.append(_torch_row(config, params, batch, max(3, args.repeats)))
-        trl_row = _trl_row(config, params, max(3, args.repeats))
-        if trl_row is not None:
-            rows.append(trl_row)
+
+        def default_step() -> float:  # ours (reference in the step), timed step by step between TRL's steps
+            start = time.perf_counter()
+            runs[0]()
+            return time.perf_counter() - start
+
+        trl = _trl_row(config, params, max(3, args.repeats), between=default_step)
+        if trl is not None:
+            trl_row, ours = trl
+            med = statistics.median(ours)
+            rows += [
+                trl_row,
+                dict(
+                    case="dpo", impl="jaxpt, interleaved with the TRL steps", pairs_per_s=PAIRS / med,
+                    median_s=med, min_s=min(ours), max_s=max(ours), repeats=len(ours),
+                    ratio_to_trl=trl_row["median_s"] / med,
+                ),
+            ]
     return rows
 
 
