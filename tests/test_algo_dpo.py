@@ -27,6 +27,7 @@ from jaxpt.models.factory import model_config_from
 from jaxpt.models.hf import load_hf
 from jaxpt.sharding import make_mesh
 from jaxpt.training import loop
+from jaxpt.utils.flops import train_flops_per_token
 from tests.test_algo_rm import NoCheckpoints, save_random_lm, synthetic_pairs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_sharded_and_precomputed_match_single_device_rewards_rise_and_export(fil
     assert jax.device_count() == 8
     # Adam's first update is lr * g / (|g| + eps): with the default eps=1e-8, float noise (reduction order differs
     # across meshes) in gradients of ~1e-8 becomes parameter differences of ~lr / 50; eps=1e-6 keeps it ~1e-7.
-    common = ("dpo.beta=0.5", "optimizer.lr=3e-3", "optimizer.eps=1e-6")
+    common = ("dpo.beta=0.5", "optimizer.lr=3e-3", "optimizer.eps=1e-6", "train.peak_flops=1e12")
     _, single, single_params = _run(tmp_path, "single", files, *common, single_device=True)
     result, sharded, sharded_params = _run(
         tmp_path,
@@ -111,6 +112,18 @@ def test_sharded_and_precomputed_match_single_device_rewards_rise_and_export(fil
         tmp_path, "dp8", files, *common, "mesh.data=8", "dpo.precompute_reference=True", "train.grad_accum_steps=2"
     )
     print("losses: single", single, "(2,2,2)", sharded, "data=8 precomputed+accum", pre)
+    # MFU counts the reference forward when it runs in the step (train.peak_flops fixes the peak at 1e12)
+    model_config, _ = load_hf(files["policy"])
+    seq = tiny_config().data.seq_len
+    for name, per_token in (
+        ("single", train_flops_per_token(model_config, seq) * 4 / 3),
+        ("dp8", train_flops_per_token(model_config, seq)),
+    ):
+        with open(tmp_path / name / "metrics.jsonl") as f:
+            logged = [r for r in map(json.loads, f) if "train/mfu" in r]
+        assert logged
+        for r in logged:
+            np.testing.assert_allclose(r["train/mfu"] * 1e12 / r["train/tokens_per_s"], per_token, rtol=1e-6)
     assert len(single) == 3 and len({round(x, 6) for x in single}) == 3  # the policy moved
     np.testing.assert_allclose(single[0], np.log(2.0), rtol=1e-6)  # policy == reference at step 1
     # Float-level differences only (reduction orders differ; Adam's first update, ~lr * sign(g), amplifies them).

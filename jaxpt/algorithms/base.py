@@ -37,6 +37,9 @@ class AlgorithmParts:
     init_params: Callable[[Any], Any]
     frozen: Callable[[Any], Any] | None = None  # params -> frozen inputs (e.g. a reference copy)
     tokens_in_batch: Callable[[dict], int] | None = None
+    # Model FLOPs of one step on a batch, for MFU; None: ``train_flops_per_token * tokens_in_batch`` (a step
+    # that also runs a frozen model's forward, like DPO's reference, counts it here).
+    flops_in_batch: Callable[[dict], float] | None = None
     export: Callable[[Any, str], None] | None = None  # (params, out_dir) -> writes a HF checkpoint
     after_eval: Callable[[Any], dict[str, float]] | None = (
         None  # params -> extra eval metrics (e.g. sampling)

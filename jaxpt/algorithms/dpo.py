@@ -55,6 +55,7 @@ from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_cac
 from jaxpt.models.factory import model_params_from, run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
+from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -315,6 +316,13 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, tokenizer=tokenizer)
 
+    def tokens_in_batch(batch) -> int:
+        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
+
+    per_token = train_flops_per_token(model_config, d.seq_len)
+    if frozen is not None:  # the reference forward runs in the step too
+        per_token += forward_flops_per_token(ref_config, d.seq_len)
+
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
@@ -324,6 +332,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params=abstract_params(model_config),
         init_params=init_policy,
         frozen=frozen,
-        tokens_in_batch=lambda batch: int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"])),
+        tokens_in_batch=tokens_in_batch,
+        flops_in_batch=lambda batch: tokens_in_batch(batch) * per_token,
         export=export,
     )

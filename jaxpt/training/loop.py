@@ -145,7 +145,7 @@ def train(
         flops_per_token = train_flops_per_token(model_config, seq_len) if seq_len else 0.0
         peak = t.get("peak_flops", 0.0) or measure_matmul_peak()
         eval_metrics: dict[str, float] = {}
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         end = total_steps if stop_after is None else min(total_steps, start + stop_after)
         for i in range(start, end):
             extra: dict[str, float] = {}
@@ -155,7 +155,9 @@ def train(
                 batches = [next(parts.train_iter)]
             for batch in batches:
                 state, metrics = jit_step(state, shard_batch(batch, mesh), frozen)
-                window_tokens += parts.tokens_in_batch(batch) if parts.tokens_in_batch else 0
+                tokens = parts.tokens_in_batch(batch) if parts.tokens_in_batch else 0
+                window_tokens += tokens
+                window_flops += parts.flops_in_batch(batch) if parts.flops_in_batch else tokens * flops_per_token
             logger.advance()
             step = i + 1
             if step % t.log_every == 0 or step == total_steps:
@@ -163,9 +165,9 @@ def train(
                 elapsed = time.perf_counter() - window_start
                 if window_tokens:
                     metrics["tokens_per_s"] = window_tokens / elapsed
-                    metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / peak
+                    metrics["mfu"] = window_flops / elapsed / peak
                 logger.log(step, metrics)
-                window_tokens, window_start = 0, time.perf_counter()
+                window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
             is_eval = (
                 parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
             )
