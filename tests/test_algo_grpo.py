@@ -12,7 +12,14 @@ import pytest
 from jaxpt.algorithms import grpo
 from jaxpt.algorithms import rollout as rollout_lib
 from jaxpt.algorithms.grpo import make_grpo_loss_fn
-from jaxpt.algorithms.rollout import PromptIterator, Samples, response_logprobs, training_rows
+from jaxpt.algorithms.rollout import (
+    PromptIterator,
+    Samples,
+    minibatches,
+    response_logprobs,
+    shared_prompt_rows,
+    training_rows,
+)
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
@@ -60,6 +67,7 @@ def run(tmp_path_factory):
     config.tokenizer.path, config.tokenizer.builtin = policy_dir, ""
     config.data.eval = ""
     config.train.update(dict(steps=2, checkpoint_every=1, peak_flops=1e12))
+    config.grpo.mini_batch_size = 32  # 8 prompts per minibatch: shared-prompt rows on the 8-device mesh
 
     calls = []
     real = rollout_lib.generate
@@ -118,6 +126,11 @@ def test_sampler_logprobs_match_the_scoring_pass(run):
         assert (call["mask"] == 0).any()  # left prompt padding occurs
         logp, _ = score(run["model_config"], call["params"], rows, p, 1.0)
         np.testing.assert_allclose(np.asarray(logp) * s.mask, s.logprobs * s.mask, atol=2e-4)
+        # the same with each prompt stored once (rows reordered sample-major)
+        shared, order = shared_prompt_rows(s, 4)
+        assert shared["prompt_tokens"].shape[0] == 8 and sorted(order) == list(range(32))
+        logp, _ = score(run["model_config"], call["params"], shared, p, 1.0)
+        np.testing.assert_allclose(np.asarray(logp) * s.mask[order], (s.logprobs * s.mask)[order], atol=2e-4)
 
 
 def test_training_rows_layout():
@@ -161,8 +174,8 @@ def test_run_logs_checkpoints_and_exports(run):
         assert all(np.isfinite(x[f"train/{key}"]) for x in steps), key
     assert abs(steps[0]["train/kl"]) < 1e-4  # the first rollout comes from the reference itself
     assert steps[0]["train/entropy"] > 0
-    # updates per step: num_iterations (2) x rows (8 prompts x G=4) / mini_batch_size (16)
-    assert run["result"]["final_step"] == 2 * 2 * (32 // 16)
+    # updates per step: num_iterations (2) x rows (8 prompts x G=4) / mini_batch_size (32)
+    assert run["result"]["final_step"] == 2 * 2 * (32 // 32)
     assert os.path.exists(os.path.join(run["result"]["export_dir"], "model.safetensors"))
 
 
@@ -211,6 +224,61 @@ def _loss_case(loss_type):
     g = grpo.grpo_config(load_config(TINY))
     g.update(dict(loss_type=loss_type, beta=0.1, epsilon_low=0.1, epsilon_high=0.3))
     return config, params, batch, g, p, n
+
+
+def test_shared_prompt_rows_give_the_flat_rows_loss_and_gradient():
+    """Two prompts x G=2 (one left-padded, completions of different lengths): the loss and its gradient on
+    shared-prompt rows equal those on the flat rows, also as 2 strided micro-batches; minibatches keep groups."""
+    config, params = _loss_model()
+    rng = np.random.default_rng(1)
+    g_size, p, n = 2, 3, 5
+    prompt_mask = np.repeat(np.array([[0, 1, 1], [1, 1, 1]], np.int32), g_size, axis=0)
+    lengths = np.array([5, 2, 4, 1])
+    mask = (np.arange(n)[None] < lengths[:, None]).astype(np.float32)
+    s = Samples(
+        prompt_tokens=np.repeat(rng.integers(3, 40, (2, p)).astype(np.int32), g_size, axis=0) * prompt_mask,
+        prompt_mask=prompt_mask,
+        tokens=rng.integers(3, 40, (4, n)).astype(np.int32),
+        logprobs=np.zeros((4, n), np.float32),
+        mask=mask,
+        lengths=lengths,
+        finished=np.zeros(4, bool),
+        completions=[],
+        records=[],
+        prompts=[],
+    )
+    per_row = {
+        "old_logprobs": (rng.normal(size=(4, n)) * 0.1 - 3.5).astype(np.float32) * mask,
+        "ref_logprobs": (rng.normal(size=(4, n)) * 0.1 - 3.5).astype(np.float32) * mask,
+        "advantages": rng.normal(size=(4,)).astype(np.float32),
+    }
+    flat = training_rows(s) | per_row
+    shared, order = shared_prompt_rows(s, g_size)
+    shared |= {k: v[order] for k, v in per_row.items()}
+    g = grpo.grpo_config(load_config(TINY))
+    g.update(dict(beta=0.1))
+    loss_fn = make_grpo_loss_fn(config, g, p, n, 0.7)
+
+    def loss(q, b):
+        total, weight, _ = loss_fn(q, b, None, None)
+        return total / weight
+
+    (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss))(params, x) for x in (flat, shared))
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(y))))
+    # strided micro-batches of shared rows (prompts m, m + 2, ...; rows m, m + 2, ...) keep each row's prompt
+    halves = [{k: v[i::2] for k, v in shared.items()} for i in range(2)]
+    parts = [jax.jit(loss_fn)(params, h, None, None) for h in halves]
+    np.testing.assert_allclose(sum(x[0] for x in parts) / sum(x[1] for x in parts), a, rtol=1e-5)
+    # minibatches of whole groups, still sample-major: row r continues prompt r % prompts
+    for mb in minibatches(shared, 2, 2, seed=0, step=0):
+        assert mb["prompt_tokens"].shape[0] == 1 and mb["completion_tokens"].shape[0] == 2
+        home = [i for i in range(2) if np.array_equal(shared["prompt_tokens"][i], mb["prompt_tokens"][0])]
+        want = {tuple(shared["completion_tokens"][k]) for k in range(4) if k % 2 == home[0]}
+        assert {tuple(r) for r in mb["completion_tokens"]} == want
+    with pytest.raises(ValueError, match="whole groups"):
+        minibatches(shared, 3, 1, seed=0, step=0)
 
 
 @pytest.mark.parametrize("loss_type", GRPO_LOSS_TYPES)

@@ -51,7 +51,7 @@ from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference
 from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_cache, init_params, positions_from_mask
+from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_params, shared_prompt_hidden
 from jaxpt.models.factory import model_params_from, run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
@@ -103,8 +103,16 @@ def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_
 
 def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int) -> jax.Array:
     """``[2B]`` summed completion log-probs, float32, from a flat or a shared-prompt batch."""
-    if "prompt_tokens" in batch:
-        hidden, targets, mask = shared_prompt_hidden(config, params, batch)
+    if "prompt_tokens" in batch:  # each pair's prompt once; only completion positions reach the LM head
+        hidden = shared_prompt_hidden(  # completion rows: all chosen, then all rejected
+            config,
+            params,
+            batch["prompt_tokens"],
+            batch["prompt_mask"],
+            batch["completion_tokens"],
+            batch["completion_segment_ids"],
+        )
+        targets, mask = batch["completion_tokens"], batch["completion_mask"]
     else:
         hidden, _ = Decoder(config).apply(
             {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
@@ -112,44 +120,6 @@ def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array]
         targets, mask = batch["targets"], batch["loss_mask"] * (batch["segment_ids"] > 0)
     lp = token_logps(hidden, head_kernel(config, params), targets, chunk_size)
     return masked_sum(lp, mask, axis=-1)
-
-
-def shared_prompt_hidden(config: ModelConfig, params: Any, batch: dict[str, jax.Array]):
-    """``(hidden [2B, C, E], targets [2B, C], mask [2B, C])``: the hidden state that predicts each completion
-    token, for a shared-prompt batch (``jaxpt/data/preference.py``).
-
-    Chosen and rejected share their prompt, so the prompt runs once per pair: its forward fills a KV cache,
-    which is copied for the two completions, and the completions run on top of it (the generation code path;
-    gradients flow through the cached keys and values into the prompt). For prompt 128 + completion 128 this is
-    3/4 of the flat layout's tokens. Only completion positions go through the LM head (as TRL's DPOTrainer
-    also does): the head is ~40% of a small model's FLOPs.
-    """
-    model = Decoder(config)
-    prompt, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
-    completion = batch["completion_tokens"]
-    p, c = prompt.shape[1], completion.shape[1]
-    cache = init_cache(config, prompt.shape[0], p + c)
-    prompt_hidden, cache = model.apply(
-        {"params": params},
-        prompt,
-        positions_from_mask(prompt_mask),
-        prompt_mask,
-        cache=cache,
-        cache_index=0,
-        return_hidden=True,
-    )
-    # chosen rows then rejected rows, as the completions: the batch axis is the 4th from the end of keys and
-    # values ([(L,) B, K, D|S, S|D]) and the first of the cache's segment ids [B, S]
-    cache = jax.tree.map(lambda x: jnp.concatenate([x, x], axis=x.ndim - 4 if x.ndim >= 4 else 0), cache)
-    segments = batch["completion_segment_ids"]
-    prompt_lengths = jnp.sum(jnp.concatenate([prompt_mask, prompt_mask]), axis=1, keepdims=True)
-    positions = (prompt_lengths + jnp.arange(c)[None, :]) * segments
-    hidden, _ = model.apply(
-        {"params": params}, completion, positions, segments, cache=cache, cache_index=p, return_hidden=True
-    )
-    last = jnp.concatenate([prompt_hidden[:, -1:], prompt_hidden[:, -1:]])
-    hidden = jnp.concatenate([last, hidden[:, :-1]], axis=1)  # position k - 1 predicts completion token k
-    return hidden, completion, batch["completion_mask"]
 
 
 # ------------------------------------------------------------------------------------------------ loss

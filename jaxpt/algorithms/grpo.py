@@ -15,12 +15,15 @@ Each loop step is one *rollout* (``AlgorithmParts.rollout``, called with the loo
    ``rollout.old_logprobs="recompute"``, the behaviour policy's; by default (``"sampler"``) the sampler's
    log-probs are used. All log-probs are of the temperature-scaled distribution (logits / temperature, as
    the sampler and TRL compute them), so the first update starts at ratio 1;
-5. the rollout's rows are shuffled and split into minibatches of ``grpo.mini_batch_size`` rows, for
+5. the rollout's prompt groups are shuffled and split into minibatches of ``grpo.mini_batch_size`` rows, for
    ``grpo.num_iterations`` passes (mu in the paper): one optimizer update each, through the loop's shared
    jitted step, whose loss is ``jaxpt.losses.rl.grpo_loss`` (``loss_type`` grpo / dr_grpo / dapo,
    ``epsilon_low`` / ``epsilon_high``, ``beta``; ``beta=0`` drops the KL term).
 
-Row layout (prompt | completion) and log-prob conventions: ``jaxpt/algorithms/rollout.py``.
+Rows store each prompt once (``shared_prompt_rows``: the G completions of a prompt run on one copy of its KV
+cache, so the scoring pass and the updates run the prompt once per group instead of G times); when a
+minibatch's prompt count does not divide over the mesh's batch shards, the flat ``prompt | completion`` rows
+are used instead. Log-prob conventions: ``jaxpt/algorithms/rollout.py``.
 
 Metrics per step (``train/``): ``reward`` (+ ``reward_std``, ``reward/<name>`` per reward component,
 ``frac_reward_zero_std``), ``kl`` (mean over sequences of sum_t log pi_old - log pi_ref, in nats),
@@ -55,6 +58,8 @@ from jaxpt.algorithms.rollout import (
     response_logprobs,
     reward_metrics,
     rollout_timings,
+    rows_in,
+    shared_prompt_rows,
 )
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
@@ -123,6 +128,9 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         load_prompt_records(config.data.train, engine.prompt_key), b, seed=config.seed, shuffle=True
     )
     recompute = engine.cfg.old_logprobs == "recompute"
+    # shared-prompt rows when a minibatch's prompts split evenly over the batch shards and micro-batches
+    per_mini, split = mini // g.num_generations, engine.num_batch_shards * config.train.grad_accum_steps
+    shared = mini % g.num_generations == 0 and per_mini % split == 0
 
     @jax.jit
     def score_pass(params, ref_params, batch):
@@ -137,20 +145,24 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         t1 = time.perf_counter()
         total, parts = engine.score(s)
         t2 = time.perf_counter()
-        seqs = engine.sequences(s)
+        if shared:
+            seqs, order = shared_prompt_rows(s, g.num_generations)
+        else:
+            seqs, order = engine.sequences(s), np.arange(len(s.tokens))
         ref, old = jax.device_get(score_pass(params, frozen, engine.put_tree(seqs)))
-        old = np.asarray(old if recompute else s.logprobs, np.float32)
-        adv = np.asarray(grpo_advantages(jnp.asarray(total), g.num_generations, g.scale_rewards))
+        old = np.asarray(old if recompute else s.logprobs[order], np.float32)
+        adv = np.asarray(grpo_advantages(jnp.asarray(total), g.num_generations, g.scale_rewards))[order]
         t3 = time.perf_counter()
+        mask = s.mask[order]
         batch = {
             **seqs,
-            "old_logprobs": old * s.mask,
-            "ref_logprobs": np.asarray(ref, np.float32) * s.mask,
+            "old_logprobs": old * mask,
+            "ref_logprobs": np.asarray(ref, np.float32) * mask,
             "advantages": adv.astype(np.float32),
         }
         groups = total.reshape(-1, g.num_generations)
         metrics = reward_metrics(total, parts, s)
-        metrics.update(kl_metrics(old, np.asarray(ref), s.mask))
+        metrics.update(kl_metrics(old, np.asarray(ref), mask))
         metrics["frac_reward_zero_std"] = float(np.mean(np.std(groups, axis=1) == 0))
         metrics.update(rollout_timings(t0, t1, t2, t3))
         return minibatches(batch, mini, g.num_iterations, config.seed, step), metrics
@@ -171,7 +183,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params=abstract_params(model_config),
         init_params=initial.init,
         frozen=initial.reference,
-        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        tokens_in_batch=rows_in,
         export=export,
         after_eval=lambda params: engine.greedy_eval(params, eval_records, rows),
         rollout=rollout,

@@ -26,7 +26,7 @@ from jaxpt.data.tokenizer import encode_prompts
 from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.losses.lm import token_entropy, token_logprobs
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, head_kernel
+from jaxpt.models.decoder import Decoder, head_kernel, shared_prompt_hidden
 from jaxpt.models.factory import model_params_from
 from jaxpt.rewards import RewardInput, build_rewards
 from jaxpt.sharding import batch_sharding, replicated, rules_of
@@ -143,11 +143,22 @@ class Samples:
 
 
 def response_logits(config: ModelConfig, params: Any, batch: dict, prompt_len: int, temperature: float):
-    """``[R, N, V]`` float32 logits / temperature at the completion positions (inputs P-1 .. P+N-2)."""
-    hidden, _ = Decoder(config).apply(
-        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
-    )
-    h = hidden[:, prompt_len - 1 :]
+    """``[R, N, V]`` float32 logits / temperature at the completion positions (inputs P-1 .. P+N-2), from
+    flat rows (``training_rows``) or shared-prompt rows (``shared_prompt_rows``)."""
+    if "prompt_tokens" in batch:
+        h = shared_prompt_hidden(
+            config,
+            params,
+            batch["prompt_tokens"],
+            batch["prompt_mask"],
+            batch["completion_tokens"],
+            batch["completion_segment_ids"],
+        )
+    else:
+        hidden, _ = Decoder(config).apply(
+            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
+        )
+        h = hidden[:, prompt_len - 1 :]
     logits = jnp.einsum("bte,ev->btv", h, head_kernel(config, params), preferred_element_type=jnp.float32)
     return logits / temperature
 
@@ -157,7 +168,8 @@ def response_logprobs(
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs ``[R, N]`` of the sampled completion tokens (and the policy's entropy when asked)."""
     logits = response_logits(config, params, batch, prompt_len, temperature)
-    logp = token_logprobs(logits, batch["targets"][:, prompt_len - 1 :])
+    completion = batch["completion_tokens"] if "prompt_tokens" in batch else batch["targets"][:, prompt_len - 1 :]
+    logp = token_logprobs(logits, completion)
     return logp, (token_entropy(logits) if entropy else None)
 
 
@@ -177,6 +189,36 @@ def training_rows(s: Samples) -> dict[str, np.ndarray]:
         "segment_ids": seg[:, :-1],
         "response_mask": s.mask.astype(np.float32),
     }
+
+
+PROMPT_KEYS = ("prompt_tokens", "prompt_mask")  # per-prompt arrays of shared-prompt rows
+
+
+def shared_prompt_rows(s: Samples, group: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Rows for completions that come in groups of ``group`` per prompt (GRPO), each prompt stored once.
+
+    ``s`` holds a prompt's rows contiguously (``RolloutEngine.sample``); the rows here are sample-major (row
+    ``j * Np + i`` is sample ``j`` of prompt ``i``, the layout of ``jaxpt.models.decoder.shared_prompt_hidden``):
+    ``prompt_tokens`` / ``prompt_mask`` ``[Np, P]``, ``completion_tokens`` / ``completion_segment_ids`` /
+    ``response_mask`` ``[R, N]``. Returns the rows and ``order`` (row ``k`` here is row ``order[k]`` of ``s``).
+    """
+    prompts = len(s.tokens) // group
+    order = (np.arange(group)[:, None] + np.arange(prompts)[None, :] * group).ravel()
+    rows = {
+        "prompt_tokens": s.prompt_tokens[::group].astype(np.int32),
+        "prompt_mask": s.prompt_mask[::group].astype(np.int32),
+        "completion_tokens": s.tokens[order].astype(np.int32),
+        "completion_segment_ids": s.mask[order].astype(np.int32),
+        "response_mask": s.mask[order].astype(np.float32),
+    }
+    return rows, order
+
+
+def rows_in(batch: dict[str, np.ndarray]) -> int:
+    """Tokens a batch of flat or shared-prompt rows runs through the model."""
+    if "prompt_tokens" in batch:
+        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
+    return int(np.sum(batch["segment_ids"] > 0))
 
 
 class RolloutEngine:
@@ -305,7 +347,13 @@ def kl_metrics(logp: np.ndarray, ref_logp: np.ndarray, mask: np.ndarray) -> dict
 def minibatches(
     rows: dict[str, np.ndarray], size: int, epochs: int, seed: int, step: int
 ) -> list[dict[str, np.ndarray]]:
-    """``epochs`` passes over the rows, each reshuffled (deterministic in seed, step, epoch), ``size`` rows each."""
+    """``epochs`` passes over the rows, each reshuffled (deterministic in seed, step, epoch), ``size`` rows each.
+
+    Shared-prompt rows are shuffled by prompt group instead (a group's rows stay together, with their prompt),
+    so ``size`` must be a multiple of the group size.
+    """
+    if "prompt_tokens" in rows:
+        return _group_minibatches(rows, size, epochs, seed, step)
     n = next(iter(rows.values())).shape[0]
     out = []
     for epoch in range(epochs):
@@ -313,6 +361,22 @@ def minibatches(
         for i in range(0, n, size):
             idx = order[i : i + size]
             out.append({k: v[idx] for k, v in rows.items()})
+    return out
+
+
+def _group_minibatches(rows: dict[str, np.ndarray], size: int, epochs: int, seed: int, step: int):
+    prompts, n = len(rows["prompt_tokens"]), len(rows["completion_tokens"])
+    group = n // prompts
+    if size % group:
+        raise ValueError(f"mini-batch of {size} rows does not hold whole groups of {group}")
+    per_batch = size // group
+    out = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, step, epoch]).permutation(prompts)
+        for i in range(0, prompts, per_batch):
+            chosen = order[i : i + per_batch]
+            idx = (np.arange(group)[:, None] * prompts + chosen[None, :]).ravel()  # sample-major again
+            out.append({k: (v[chosen] if k in PROMPT_KEYS else v[idx]) for k, v in rows.items()})
     return out
 
 

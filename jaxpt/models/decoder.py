@@ -388,6 +388,58 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
     return {"layers": layers, "segment_ids": jnp.zeros((batch, max_length), jnp.int32)}
 
 
+def shared_prompt_hidden(
+    config: ModelConfig,
+    params: dict[str, Any],
+    prompt_tokens: Array,
+    prompt_mask: Array,
+    completion_tokens: Array,
+    completion_segment_ids: Array,
+) -> Array:
+    """Hidden states ``[R, C, E]`` that predict each completion token, for completions sharing prompts.
+
+    ``prompt_tokens`` / ``prompt_mask`` ``[Np, P]`` left-padded; completion row ``r`` (``[R, C]``, right-padded,
+    ``completion_segment_ids`` 1 on its tokens) continues prompt ``r % Np`` (rows hold ``R / Np`` copies of the
+    prompt list, one after the other: a layout that strided micro-batches keep, as they take prompts and rows
+    ``m, m + n, ...``). Each prompt runs once:
+    its forward fills a KV cache, whose rows are gathered for the completions, which run on top of it (the
+    generation code path; gradients flow through the cached keys and values into the prompt). Output ``k`` is
+    the state at the token before completion token ``k``: the prompt's last one for ``k = 0``. Equal to one
+    forward over each ``prompt + completion`` row, at a fraction of the tokens (DPO: 2 completions per
+    prompt, GRPO: G).
+    """
+    model = Decoder(config)
+    p, c = prompt_tokens.shape[1], completion_tokens.shape[1]
+    prompts, rows = prompt_tokens.shape[0], completion_tokens.shape[0]
+    if rows % prompts:
+        raise ValueError(f"{rows} completion rows are not a whole number of copies of {prompts} prompts")
+    prompt_index = jnp.tile(jnp.arange(prompts), rows // prompts)
+    cache = init_cache(config, prompt_tokens.shape[0], p + c)
+    prompt_hidden, cache = model.apply(
+        {"params": params},
+        prompt_tokens,
+        positions_from_mask(prompt_mask),
+        prompt_mask,
+        cache=cache,
+        cache_index=0,
+        return_hidden=True,
+    )
+    # the batch axis: first of segment ids [B, S], 4th from the end of keys / values [(L,) B, K, D|S, S|D]
+    cache = jax.tree.map(lambda x: jnp.take(x, prompt_index, axis=x.ndim - 4 if x.ndim >= 4 else 0), cache)
+    prompt_lengths = jnp.sum(prompt_mask, axis=1)[prompt_index][:, None]
+    positions = (prompt_lengths + jnp.arange(c)[None, :]) * completion_segment_ids
+    hidden, _ = model.apply(
+        {"params": params},
+        completion_tokens,
+        positions,
+        completion_segment_ids,
+        cache=cache,
+        cache_index=p,
+        return_hidden=True,
+    )
+    return jnp.concatenate([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], axis=1)
+
+
 def head_kernel(config: ModelConfig, params: dict[str, Any]) -> Array:
     """The [embed, vocab] output projection (the transposed embedding when tied), for chunked losses."""
     if config.tie_word_embeddings:
