@@ -184,6 +184,15 @@ def test_margin_column_and_center_coef_match_bradley_terry(files, tmp_path):
         return rm.sequence_rewards(model_config, p, batch), [f(p, batch, None, None) for f in loss_fns]
 
     r, outs = run(params)
+    # the shared-prompt layout (what the RM's data iterator makes): same rewards, same loss gradient
+    shared = fixed_preference_batches(pairs, 8, config.data.seq_len, 0, shared_prompt=True)[0]
+    shared = {k: jnp.asarray(v) for k, v in shared.items()}
+    real = np.r_[0:5, 8:13]
+    r_shared = jax.jit(lambda p: rm.sequence_rewards(model_config, p, shared))(params)
+    np.testing.assert_allclose(np.asarray(r_shared)[real], np.asarray(r)[real], rtol=1e-5, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda p, b: loss_fns[1](p, b, None, None)[0]))
+    for x, y in zip(jax.tree.leaves(grad(params, batch)), jax.tree.leaves(grad(params, shared)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(y))))
     for center, (loss_sum, weight, metrics) in zip((0.0, 0.5), outs, strict=True):
         want, want_metrics = bradley_terry_loss(r[:5], r[8:13], jnp.asarray(margins), center)
         assert float(weight) == 5.0

@@ -47,7 +47,7 @@ from jaxpt.algorithms.reward_model import (
     summarize_pairs,
 )
 from jaxpt.algorithms.rollout import merged_section
-from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
+from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches, preference_tokens
 from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
@@ -286,9 +286,6 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, tokenizer=tokenizer)
 
-    def tokens_in_batch(batch) -> int:
-        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
-
     per_token = train_flops_per_token(model_config, d.seq_len)
     if frozen is not None:  # the reference forward runs in the step too
         per_token += forward_flops_per_token(ref_config, d.seq_len)
@@ -302,7 +299,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params=abstract_params(model_config),
         init_params=init_policy,
         frozen=frozen,
-        tokens_in_batch=tokens_in_batch,
-        flops_in_batch=lambda batch: tokens_in_batch(batch) * per_token,
+        tokens_in_batch=preference_tokens,
+        flops_in_batch=lambda batch: preference_tokens(batch) * per_token,
         export=export,
     )

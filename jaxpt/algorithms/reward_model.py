@@ -42,12 +42,13 @@ from jaxpt.data.preference import (
     PreferenceDataIterator,
     build_preference_dataset,
     fixed_preference_batches,
+    preference_tokens,
 )
 from jaxpt.data.sft import load_records
 from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import abstract_params
+from jaxpt.models.decoder import abstract_params, shared_prompt_forward
 from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params, init_reward_params
@@ -182,9 +183,24 @@ def full_sequences(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, j
 
 
 def sequence_rewards(model_config: ModelConfig, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    """``[2B]`` float32 rewards, read at each row's last real token."""
-    tokens, positions, segments = full_sequences(batch)
-    return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
+    """``[2B]`` float32 rewards, read at each row's last real token, from flat or shared-prompt batches
+    (``jaxpt/data/preference.py``; the shared layout runs each pair's prompt once)."""
+    if "prompt_tokens" not in batch:
+        tokens, positions, segments = full_sequences(batch)
+        return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
+    segments = batch["completion_segment_ids"]
+    _, hidden = shared_prompt_forward(
+        model_config,
+        params["decoder"],
+        batch["prompt_tokens"],
+        batch["prompt_mask"],
+        batch["completion_tokens"],
+        segments,
+    )
+    last = jnp.maximum(jnp.sum(segments, axis=1) - 1, 0)  # completions are right-padded
+    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    kernel = params["score"]["kernel"].astype(model_config.dtype)
+    return jnp.dot(h.astype(model_config.dtype), kernel)[:, 0].astype(jnp.float32)
 
 
 def pair_terms(model_config: ModelConfig, center_coef: float, params: Any, batch: dict[str, jax.Array]):
@@ -227,11 +243,13 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     pad = tokenizer.pad_token_id or 0
     b = config.train.batch_size
     train = load_pairs(d.train, tokenizer, d, extra_columns=(margin_column,))
-    train_iter = PreferenceDataIterator(train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad)
+    train_iter = PreferenceDataIterator(
+        train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad, shared_prompt=True
+    )
     eval_batches = []
     if d.get("eval"):
         held_out = load_pairs(d.eval, tokenizer, d, extra_columns=(margin_column,), split=d.get("eval_split", "test"))
-        eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad)
+        eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad, shared_prompt=True)
 
     def export(params, out_dir):
         save_hf(model_config, params, out_dir, head="score", tokenizer=tokenizer)
@@ -244,6 +262,6 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         summarize=summarize_pairs,
         abstract_params=abstract_reward_params(model_config),
         init_params=lambda shardings: init_reward_model(config, model_config, mesh, shardings),
-        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        tokens_in_batch=preference_tokens,
         export=export,
     )

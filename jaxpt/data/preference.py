@@ -218,6 +218,13 @@ def empty_pair(like: Pair) -> Pair:
     return out
 
 
+def preference_tokens(batch: Batch) -> int:
+    """Tokens a flat or shared-prompt batch runs through the model (each shared prompt once)."""
+    if "prompt_tokens" in batch:
+        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
+    return int(np.sum(batch["segment_ids"] > 0))
+
+
 def fixed_preference_batches(
     pairs: Sequence[Pair], batch_size: int, seq_len: int, pad_id: int, shared_prompt: bool = False
 ) -> list[Batch]:
