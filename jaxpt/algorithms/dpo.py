@@ -104,14 +104,7 @@ def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_
 def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int) -> jax.Array:
     """``[2B]`` summed completion log-probs, float32, from a flat or a shared-prompt batch."""
     if "prompt_tokens" in batch:  # each pair's prompt once; only completion positions reach the LM head
-        hidden = shared_prompt_hidden(  # completion rows: all chosen, then all rejected
-            config,
-            params,
-            batch["prompt_tokens"],
-            batch["prompt_mask"],
-            batch["completion_tokens"],
-            batch["completion_segment_ids"],
-        )
+        hidden = shared_prompt_hidden(config, params, batch)  # completion rows: chosen, then rejected
         targets, mask = batch["completion_tokens"], batch["completion_mask"]
     else:
         hidden, _ = Decoder(config).apply(

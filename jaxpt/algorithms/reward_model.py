@@ -189,14 +189,7 @@ def sequence_rewards(model_config: ModelConfig, params: Any, batch: dict[str, ja
         tokens, positions, segments = full_sequences(batch)
         return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
     segments = batch["completion_segment_ids"]
-    _, hidden = shared_prompt_forward(
-        model_config,
-        params["decoder"],
-        batch["prompt_tokens"],
-        batch["prompt_mask"],
-        batch["completion_tokens"],
-        segments,
-    )
+    _, hidden = shared_prompt_forward(model_config, params["decoder"], batch)
     last = jnp.maximum(jnp.sum(segments, axis=1) - 1, 0)  # completions are right-padded
     h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
     kernel = params["score"]["kernel"].astype(model_config.dtype)

@@ -146,14 +146,7 @@ def response_logits(config: ModelConfig, params: Any, batch: dict, prompt_len: i
     """``[R, N, V]`` float32 logits / temperature at the completion positions (inputs P-1 .. P+N-2), from
     flat rows (``training_rows``) or shared-prompt rows (``shared_prompt_rows``)."""
     if "prompt_tokens" in batch:
-        h = shared_prompt_hidden(
-            config,
-            params,
-            batch["prompt_tokens"],
-            batch["prompt_mask"],
-            batch["completion_tokens"],
-            batch["completion_segment_ids"],
-        )
+        h = shared_prompt_hidden(config, params, batch)
     else:
         hidden, _ = Decoder(config).apply(
             {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True

@@ -388,24 +388,20 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
     return {"layers": layers, "segment_ids": jnp.zeros((batch, max_length), jnp.int32)}
 
 
-def shared_prompt_forward(
-    config: ModelConfig,
-    params: dict[str, Any],
-    prompt_tokens: Array,
-    prompt_mask: Array,
-    completion_tokens: Array,
-    completion_segment_ids: Array,
-) -> tuple[Array, Array]:
+def shared_prompt_forward(config: ModelConfig, params: dict[str, Any], batch: dict[str, Array]) -> tuple[Array, Array]:
     """Final hidden states ``(prompts [Np, P, E], completions [R, C, E])`` for completions sharing prompts.
 
-    ``prompt_tokens`` / ``prompt_mask`` ``[Np, P]`` left-padded; completion row ``r`` (``[R, C]``, right-padded,
-    ``completion_segment_ids`` 1 on its tokens) continues prompt ``r % Np`` (rows hold ``R / Np`` copies of the
+    ``batch["prompt_tokens"]`` / ``["prompt_mask"]`` ``[Np, P]`` left-padded; completion row ``r`` of
+    ``["completion_tokens"]`` (``[R, C]``, right-padded, ``["completion_segment_ids"]`` 1 on its tokens)
+    continues prompt ``r % Np`` (rows hold ``R / Np`` copies of the
     prompt list, one after the other: a layout that strided micro-batches keep, as they take prompts and rows
     ``m, m + n, ...``). Each prompt runs once: its forward fills a KV cache, whose rows are gathered for the
     completions, which run on top of it (the generation code path; gradients flow through the cached keys
     and values into the prompt). Equal to one forward over each ``prompt + completion`` row, at a fraction of
     the tokens (DPO and reward models: 2 completions per prompt, GRPO: G).
     """
+    prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
+    completion_tokens, completion_segment_ids = batch["completion_tokens"], batch["completion_segment_ids"]
     model = Decoder(config)
     p, c = prompt_tokens.shape[1], completion_tokens.shape[1]
     prompts, rows = prompt_tokens.shape[0], completion_tokens.shape[0]
@@ -438,19 +434,10 @@ def shared_prompt_forward(
     return prompt_hidden, hidden
 
 
-def shared_prompt_hidden(
-    config: ModelConfig,
-    params: dict[str, Any],
-    prompt_tokens: Array,
-    prompt_mask: Array,
-    completion_tokens: Array,
-    completion_segment_ids: Array,
-) -> Array:
-    """``[R, C, E]``: the hidden state that predicts each completion token (``shared_prompt_forward``'s layout):
+def shared_prompt_hidden(config: ModelConfig, params: dict[str, Any], batch: dict[str, Array]) -> Array:
+    """``[R, C, E]``: the hidden state that predicts each completion token (``shared_prompt_forward``'s batch):
     the state at the token before it, the prompt's last one for the first."""
-    prompt_hidden, hidden = shared_prompt_forward(
-        config, params, prompt_tokens, prompt_mask, completion_tokens, completion_segment_ids
-    )
+    prompt_hidden, hidden = shared_prompt_forward(config, params, batch)
     last = jnp.tile(prompt_hidden[:, -1:], (hidden.shape[0] // prompt_hidden.shape[0], 1, 1))
     return jnp.concatenate([last, hidden[:, :-1]], axis=1)
 
