@@ -47,7 +47,8 @@ from jaxpt.algorithms.reward_model import (
     summarize_pairs,
 )
 from jaxpt.algorithms.rollout import merged_section
-from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches, preference_tokens
+from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
+from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
@@ -292,7 +293,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params=abstract_params(model_config),
         init_params=init_policy,
         frozen=frozen,
-        tokens_in_batch=preference_tokens,
-        flops_in_batch=lambda batch: preference_tokens(batch) * per_token,
+        tokens_in_batch=batch_tokens,
+        flops_in_batch=lambda batch: batch_tokens(batch) * per_token,
         export=export,
     )

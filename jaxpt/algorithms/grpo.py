@@ -58,9 +58,9 @@ from jaxpt.algorithms.rollout import (
     response_logprobs,
     reward_metrics,
     rollout_timings,
-    rows_in,
     shared_prompt_rows,
 )
+from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
 from jaxpt.models.config import ModelConfig
@@ -183,7 +183,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params=abstract_params(model_config),
         init_params=initial.init,
         frozen=initial.reference,
-        tokens_in_batch=rows_in,
+        tokens_in_batch=batch_tokens,
         export=export,
         after_eval=lambda params: engine.greedy_eval(params, eval_records, rows),
         rollout=rollout,

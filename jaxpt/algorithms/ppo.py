@@ -60,6 +60,7 @@ from jaxpt.algorithms.rollout import (
     reward_metrics,
     rollout_timings,
 )
+from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, update_kl_coef, whiten
 from jaxpt.models.config import ModelConfig
@@ -290,7 +291,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         abstract_params={"policy": abstract_params(model_config), "value": abstract_reward_params(value_config)},
         init_params=init_params,
         frozen=frozen,
-        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        tokens_in_batch=batch_tokens,
         export=export,
         after_eval=lambda params: engine.greedy_eval(params["policy"], eval_records, rows),
         rollout=rollout,

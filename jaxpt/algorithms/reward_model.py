@@ -42,9 +42,8 @@ from jaxpt.data.preference import (
     PreferenceDataIterator,
     build_preference_dataset,
     fixed_preference_batches,
-    preference_tokens,
 )
-from jaxpt.data.sft import load_records
+from jaxpt.data.sft import batch_tokens, load_records
 from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
@@ -255,6 +254,6 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         summarize=summarize_pairs,
         abstract_params=abstract_reward_params(model_config),
         init_params=lambda shardings: init_reward_model(config, model_config, mesh, shardings),
-        tokens_in_batch=preference_tokens,
+        tokens_in_batch=batch_tokens,
         export=export,
     )

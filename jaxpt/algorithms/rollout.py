@@ -207,13 +207,6 @@ def shared_prompt_rows(s: Samples, group: int) -> tuple[dict[str, np.ndarray], n
     return rows, order
 
 
-def rows_in(batch: dict[str, np.ndarray]) -> int:
-    """Tokens a batch of flat or shared-prompt rows runs through the model."""
-    if "prompt_tokens" in batch:
-        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
-    return int(np.sum(batch["segment_ids"] > 0))
-
-
 class RolloutEngine:
     """Prompts -> jitted sampling -> decoded, scored completions -> training rows (GRPO and PPO)."""
 

@@ -7,12 +7,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.data.sft import SFTDataIterator, build_sft_dataset, make_batch, pack_examples, unpacked_rows
+from jaxpt.data.sft import (
+    SFTDataIterator,
+    batch_tokens,
+    build_sft_dataset,
+    make_batch,
+    pack_examples,
+    unpacked_rows,
+)
 from jaxpt.losses.lm import chunked_cross_entropy, cross_entropy_loss, fused_cross_entropy
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
@@ -149,7 +155,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         summarize=summarize,
         abstract_params=abstract_params(model_config),
         init_params=lambda shardings: model_params_from(config.model, model_config, shardings, config.seed),
-        tokens_in_batch=lambda batch: int(np.sum(batch["segment_ids"] > 0)),
+        tokens_in_batch=batch_tokens,
         export=export,
         after_eval=after_eval,
     )

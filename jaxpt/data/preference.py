@@ -12,11 +12,11 @@ exceeds ``max_length`` the completion is cut from the right to fit.
 Batches stack chosen rows first, then rejected rows: ``[2B, seq_len]``, right-padded, one segment per row,
 ``loss_mask`` on completion targets only, plus ``completion_lengths`` [2B] (completion tokens in the loss).
 
-DPO uses the *shared-prompt* layout instead (``build_shared_prompt_batch``): each pair's prompt once, left-padded
-``prompt_tokens`` [B, P], and its completions as ``completion_tokens`` [2B, C] (chosen rows first), with
-``completion_mask`` on completion targets and the same ``completion_lengths``; ``P`` and ``C`` are the longest
-kept prompt and completion of the whole dataset (one static shape). The rows keep exactly the tokens the flat
-layout keeps.
+DPO and reward models use the *shared-prompt* layout instead (``build_shared_prompt_batch``): each pair's
+prompt once, left-padded ``prompt_tokens`` [B, P], and its completions as ``completion_tokens`` [2B, C]
+(chosen rows first), with ``completion_mask`` on completion targets and the same ``completion_lengths``;
+``P`` and ``C`` are the longest kept prompt and completion of the whole dataset (one static shape). The rows
+keep exactly the tokens the flat layout keeps.
 """
 
 from __future__ import annotations
@@ -216,13 +216,6 @@ def empty_pair(like: Pair) -> Pair:
     out = {k: np.zeros(0, np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     out.update({k: np.zeros(2, np.float32) for k in like if k.startswith(ROW_PREFIX)})
     return out
-
-
-def preference_tokens(batch: Batch) -> int:
-    """Tokens a flat or shared-prompt batch runs through the model (each shared prompt once)."""
-    if "prompt_tokens" in batch:
-        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
-    return int(np.sum(batch["segment_ids"] > 0))
 
 
 def fixed_preference_batches(

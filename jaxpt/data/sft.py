@@ -37,6 +37,14 @@ Format = Literal["prompt_completion", "messages", "text"]
 Example = dict[str, np.ndarray]
 Batch = dict[str, np.ndarray]
 
+
+def batch_tokens(batch: Batch) -> int:
+    """Tokens a batch runs through the model (for tokens/s): real tokens of flat rows (``segment_ids > 0``),
+    or of shared-prompt rows, each shared prompt once (``prompt_mask`` + ``completion_segment_ids``)."""
+    if "prompt_tokens" in batch:
+        return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
+    return int(np.sum(batch["segment_ids"] > 0))
+
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _EXPECTED = "'messages' (chat), 'prompt' + 'completion', or 'text'"
 
