@@ -231,3 +231,34 @@ def test_bad_dpo_config_fails_early(files, tmp_path):
         _run(tmp_path, "bad", files, "dpo.loss_type=kto")
     with pytest.raises(ValueError, match="grad_accum_steps"):
         _run(tmp_path, "bad2", files, "train.grad_accum_steps=3")
+
+
+def test_shared_prompt_layout_with_scanned_rematerialised_layers():
+    """Shared-prompt log-probs and gradients equal the flat layout's with scan over layers and remat (the
+    KV cache is stacked per layer; the prompt pass's cache offset is traced inside remat)."""
+    from jaxpt.algorithms import dpo
+    from jaxpt.data.preference import fixed_preference_batches
+    from jaxpt.models.config import ModelConfig
+    from jaxpt.models.decoder import init_params
+
+    rng = np.random.default_rng(0)
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    pairs = [
+        {k: rng.integers(3, 50, n).astype(np.int32) for k, n in zip(keys, lens, strict=True)}
+        for lens in [(4, 3, 5), (1, 9, 2), (7, 8, 1), (2, 4, 6)]
+    ]
+    hf = dict(
+        model_type="qwen3", vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+    )
+    config = ModelConfig.from_hf(hf, scan_layers=True, remat="full")
+    params = init_params(config, jax.random.key(0))
+    batches = [fixed_preference_batches(pairs, 4, 12, 0, shared_prompt=s)[0] for s in (False, True)]
+
+    def weighted(p, b):
+        return jnp.sum(dpo.sequence_logps(config, p, b, 0) * jnp.arange(1.0, 9.0))
+
+    (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(weighted))(params, x) for x in batches)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(y))))

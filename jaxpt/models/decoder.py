@@ -216,8 +216,9 @@ class Attention(nn.Module):
             )
             new_cache = {"k": k, "v": v}
             k, v = k.astype(c.dtype), v.astype(c.dtype)
-            if isinstance(cache_index, int):  # static offset (prefill): attend to the filled slots only
-                k, v = k[..., : cache_index + x.shape[1]], v[:, :, : cache_index + x.shape[1]]
+            # the slots the mask covers: only the filled ones when the offset is static (a prefill); taken from
+            # the mask's shape, which stays static under remat / scan, where ``cache_index`` is traced
+            k, v = k[..., : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         out = dot_product_attention(q, k, v, mask, c.head_dim**-0.5, keys_transposed=layer_cache is not None)
         out = Projection(
             (c.hidden_size,), 2, ("heads", "head_dim", "embed"), c.o_bias, c.dtype, c.param_dtype, name="o"
