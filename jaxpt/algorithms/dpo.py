@@ -55,6 +55,7 @@ from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_params, shared_prompt_hidden
 from jaxpt.models.factory import model_params_from, run_options
 from jaxpt.models.hf import load_hf, save_hf
+from jaxpt.models.matmul import vocab_logits
 from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
 from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
@@ -87,8 +88,7 @@ def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_
     n, t, e = hidden.shape
     total = n * t
     if not chunk_size or chunk_size >= total:
-        logits = jnp.dot(hidden, kernel, preferred_element_type=jnp.float32)
-        return token_logprobs(logits, targets)
+        return token_logprobs(vocab_logits(hidden, kernel), targets)
     n_chunks = -(-total // chunk_size)
     pad = n_chunks * chunk_size - total
     h = jnp.pad(hidden.reshape(total, e), ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, e)
@@ -96,7 +96,7 @@ def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_
 
     @jax.checkpoint
     def chunk(kernel, hc, yc):
-        return token_logprobs(jnp.dot(hc, kernel, preferred_element_type=jnp.float32), yc)
+        return token_logprobs(vocab_logits(hc, kernel), yc)
 
     out = jax.lax.map(lambda xs: chunk(kernel, *xs), (h, y))
     return out.reshape(-1)[:total].reshape(n, t)

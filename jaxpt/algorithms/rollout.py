@@ -28,6 +28,7 @@ from jaxpt.losses.lm import token_entropy, token_logprobs
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, head_kernel, shared_prompt_hidden
 from jaxpt.models.factory import model_params_from
+from jaxpt.models.matmul import vocab_logits
 from jaxpt.rewards import RewardInput, build_rewards
 from jaxpt.sharding import batch_sharding, replicated, rules_of
 
@@ -152,7 +153,7 @@ def response_logits(config: ModelConfig, params: Any, batch: dict, prompt_len: i
             {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
         )
         h = hidden[:, prompt_len - 1 :]
-    logits = jnp.einsum("bte,ev->btv", h, head_kernel(config, params), preferred_element_type=jnp.float32)
+    logits = vocab_logits(h, head_kernel(config, params))
     return logits / temperature
 
 

@@ -24,6 +24,7 @@ from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
 from jaxpt.models.factory import model_params_from
 from jaxpt.models.hf import save_hf
+from jaxpt.models.matmul import vocab_logits
 
 
 def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int, train: bool = True):
@@ -39,7 +40,7 @@ def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk
     mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
     kernel = head_kernel(config, params)
     if chunk_size >= mask.size:  # one chunk: plain logits, no recomputation in the backward pass
-        logits = jnp.einsum("bte,ev->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+        logits = vocab_logits(hidden, kernel)
         loss, aux = cross_entropy_loss(logits, batch["targets"], mask)
     elif train:
         loss, aux = fused_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpt.models.matmul import transposed_copy
+
 Array = jax.Array
 
 
@@ -156,7 +158,9 @@ def fused_cross_entropy(
             d_logits = jnp.exp(logits - lse[:, None]) * mc[:, None]
             d_logits = d_logits - jax.nn.one_hot(tc, vocab, dtype=jnp.float32) * mc[:, None]
             d_h = jnp.dot(d_logits.astype(hc.dtype), kernel.T, preferred_element_type=jnp.float32)
-            d_kernel = d_kernel + jnp.dot(hc.T, d_logits.astype(hc.dtype), preferred_element_type=jnp.float32)
+            d_kernel = d_kernel + jnp.dot(
+                transposed_copy(hc), d_logits.astype(hc.dtype), preferred_element_type=jnp.float32
+            )
             return d_kernel, (nll, correct, d_h.astype(hc.dtype))
 
         # Strided chunks (token i goes to chunk i % n_chunks): each chunk spans every row of the batch, so

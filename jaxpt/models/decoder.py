@@ -25,6 +25,7 @@ import numpy as np
 from jax import lax
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.matmul import matmul
 from jaxpt.sharding import unbox
 
 Array = jax.Array
@@ -163,7 +164,7 @@ class Projection(nn.Module):
     def __call__(self, x: Array) -> Array:
         shape = (*x.shape[x.ndim - self.in_dims :], *self.features)
         kernel = self.param("kernel", _init(0.02, self.axes), shape, self.param_dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_dims)
+        y = matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
         if self.use_bias:
             bias = self.param("bias", _constant(0.0, self.axes[self.in_dims :]), self.features, self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -234,15 +235,7 @@ class MLP(nn.Module):
         c = self.config
 
         def dense(name, features, axes):
-            return nn.Dense(
-                features,
-                use_bias=c.mlp_bias,
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                kernel_init=_init(0.02, axes),
-                bias_init=_constant(0.0, axes[1:]),
-                name=name,
-            )
+            return Projection((features,), 1, axes, c.mlp_bias, c.dtype, c.param_dtype, name=name)
 
         if c.activation == "silu":  # Llama-family gated MLP
             h = nn.silu(dense("gate", c.intermediate_size, ("embed", "mlp"))(x))
