@@ -26,7 +26,7 @@ def test_matmul_value_and_grads_equal_tensordot(x_shape, w_shape, in_dims):
     np.testing.assert_allclose(matmul(x, w, in_dims), jnp.tensordot(x, w, in_dims), rtol=1e-6, atol=1e-6)
     ours = _grads(lambda a, b: matmul(a, b, in_dims), x, w)
     ref = _grads(lambda a, b: jnp.tensordot(a, b, in_dims), x, w)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -40,7 +40,7 @@ def test_vocab_logits_value_and_grads_equal_einsum():
     np.testing.assert_allclose(logits, jnp.einsum("bte,ev->btv", h, kernel), rtol=1e-6, atol=1e-5)
     ours = _grads(vocab_logits, h, kernel)
     ref = _grads(lambda a, b: jnp.einsum("bte,ev->btv", a, b), h, kernel)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
