@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +29,18 @@ def transposed_copy(x: Array) -> Array:
     return jax.lax.optimization_barrier(jnp.transpose(x))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul(x: Array, w: Array, in_dims: int = 1) -> Array:
-    """``tensordot(x, w, in_dims)``: the last ``in_dims`` dims of ``x`` against the first of ``w``."""
-    return jnp.tensordot(x, w, axes=in_dims)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def matmul(x: Array, w: Array, in_dims: int = 1, out_dtype: Any = None) -> Array:
+    """``tensordot(x, w, in_dims)``: the last ``in_dims`` dims of ``x`` against the first of ``w`` (result in
+    ``out_dtype`` when given, e.g. float32 logits from bfloat16 operands)."""
+    return jnp.tensordot(x, w, axes=in_dims, preferred_element_type=out_dtype)
 
 
-def _matmul_fwd(x: Array, w: Array, in_dims: int):
-    return matmul(x, w, in_dims), (x, w)
+def _matmul_fwd(x: Array, w: Array, in_dims: int, out_dtype: Any):
+    return matmul(x, w, in_dims, out_dtype), (x, w)
 
 
-def _matmul_bwd(in_dims: int, res, dy: Array):
+def _matmul_bwd(in_dims: int, out_dtype: Any, res, dy: Array):
     x, w = res
     k = math.prod(w.shape[:in_dims])
     n = math.prod(w.shape[in_dims:])
@@ -52,23 +54,7 @@ def _matmul_bwd(in_dims: int, res, dy: Array):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-@jax.custom_vjp
 def vocab_logits(h: Array, kernel: Array) -> Array:
-    """float32 logits ``h [..., E] @ kernel [E, V]`` (the LM head), with ``matmul``'s backward pass."""
-    return jnp.einsum("...e,ev->...v", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
-
-
-def _logits_fwd(h: Array, kernel: Array):
-    return vocab_logits(h, kernel), (h, kernel)
-
-
-def _logits_bwd(res, g: Array):
-    h, kernel = res
-    e, v = kernel.shape
-    g2 = g.reshape(-1, v).astype(h.dtype)
-    dh = jnp.dot(g2, kernel.astype(h.dtype).T, preferred_element_type=jnp.float32).astype(h.dtype)
-    dk = jnp.dot(transposed_copy(h.reshape(-1, e)), g2, preferred_element_type=jnp.float32)
-    return dh.reshape(h.shape), dk.astype(kernel.dtype)
-
-
-vocab_logits.defvjp(_logits_fwd, _logits_bwd)
+    """float32 logits ``h [..., E] @ kernel [E, V]`` (the LM head, in ``h``'s compute dtype), with ``matmul``'s
+    backward pass."""
+    return matmul(h, kernel.astype(h.dtype), 1, jnp.float32)
