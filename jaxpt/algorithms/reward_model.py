@@ -50,7 +50,13 @@ from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params, shared_prompt_forward
 from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
-from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params, init_reward_params
+from jaxpt.models.reward import (
+    ScalarHeadModel,
+    abstract_reward_params,
+    init_reward_params,
+    last_token_value,
+    score_head,
+)
 from jaxpt.sharding import param_shardings, rules_of
 
 Batch = dict[str, np.ndarray]
@@ -187,12 +193,9 @@ def sequence_rewards(model_config: ModelConfig, params: Any, batch: dict[str, ja
     if "prompt_tokens" not in batch:
         tokens, positions, segments = full_sequences(batch)
         return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
-    segments = batch["completion_segment_ids"]
     _, hidden = shared_prompt_forward(model_config, params["decoder"], batch)
-    last = jnp.maximum(jnp.sum(segments, axis=1) - 1, 0)  # completions are right-padded
-    h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-    kernel = params["score"]["kernel"].astype(model_config.dtype)
-    return jnp.dot(h.astype(model_config.dtype), kernel)[:, 0].astype(jnp.float32)
+    values = score_head(model_config).apply({"params": params["score"]}, hidden)[..., 0].astype(jnp.float32)
+    return last_token_value(values, batch["completion_segment_ids"])
 
 
 def pair_terms(model_config: ModelConfig, center_coef: float, params: Any, batch: dict[str, jax.Array]):

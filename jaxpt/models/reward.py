@@ -20,6 +20,19 @@ from jaxpt.sharding import unbox
 Array = jax.Array
 
 
+def score_head(config: ModelConfig) -> nn.Dense:
+    """The ``[embed, 1]`` head (``params["score"]``); also applied on its own to hidden states from
+    ``shared_prompt_forward``."""
+    return nn.Dense(
+        1,
+        use_bias=False,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
+        name="score",
+    )
+
+
 class ScalarHeadModel(nn.Module):
     """Decoder + linear head to one scalar per token (``per_token=True``, for PPO values) or per row."""
 
@@ -28,14 +41,7 @@ class ScalarHeadModel(nn.Module):
     @nn.compact
     def __call__(self, tokens, positions=None, segment_ids=None, per_token: bool = False):
         hidden, _ = Decoder(self.config, name="decoder")(tokens, positions, segment_ids, return_hidden=True)
-        values = nn.Dense(
-            1,
-            use_bias=False,
-            dtype=self.config.dtype,
-            param_dtype=self.config.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", None)),
-            name="score",
-        )(hidden)[..., 0].astype(jnp.float32)
+        values = score_head(self.config)(hidden)[..., 0].astype(jnp.float32)
         if per_token:
             return values
         return last_token_value(values, segment_ids)
@@ -50,9 +56,7 @@ def last_token_value(values: Array, segment_ids: Array | None) -> Array:
     return jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
 
 
-def init_reward_params(
-    config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False
-) -> Any:
+def init_reward_params(config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False) -> Any:
     """Random head (std 0.02, as TRL/transformers); the decoder from ``decoder_params`` when given."""
     variables = jax.jit(ScalarHeadModel(config).init)(rng, jnp.zeros((1, 1), jnp.int32))
     params = variables["params"] if boxed else unbox(variables["params"])
@@ -77,4 +81,5 @@ __all__ = [
     "init_params",
     "init_reward_params",
     "last_token_value",
+    "score_head",
 ]
