@@ -82,6 +82,7 @@ def _torch_model(config: ModelConfig, params):
 def case_generate(args) -> list[dict]:
     from jaxpt.generation.sampler import SamplingConfig, generate
     from jaxpt.models.decoder import init_params
+    from jaxpt.utils.flops import decode_bytes_per_step, measure_read_bandwidth
 
     config = bench_small_config()
     params = init_params(config, jax.random.key(0))
@@ -89,11 +90,23 @@ def case_generate(args) -> list[dict]:
     rng = np.random.default_rng(0)
     prompt = jnp.asarray(rng.integers(3, config.vocab_size, (b, p)), jnp.int32)
     mask = jnp.ones((b, p), jnp.int32)
-    sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_k=0, top_p=1.0, eos_token_ids=())
     key = jax.random.key(0)
-    fn = lambda: jax.block_until_ready(generate(config, params, prompt, mask, key, sampling))
-    stats = timeit(fn, args.repeats)
-    rows = [dict(case="generate", impl="jaxpt", new_tokens_per_s=b * n / stats["median_s"], **stats)]
+
+    def run(new_tokens: int) -> Callable[[], object]:
+        sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0, eos_token_ids=())
+        return lambda: jax.block_until_ready(generate(config, params, prompt, mask, key, sampling))
+
+    stats = timeit(run(n), args.repeats)
+    # one new token = the prefill and one decode step: the rest of the run is n - 1 decode steps
+    prefill = timeit(run(1), args.repeats)["median_s"]
+    step_s = (stats["median_s"] - prefill) / (n - 1)
+    step_bytes = decode_bytes_per_step(config, b, p + n)
+    read_bw = measure_read_bandwidth()
+    decode = dict(
+        prefill_s=prefill, decode_step_ms=step_s * 1e3, decode_bytes_mb=step_bytes / 2**20,
+        decode_gb_per_s=step_bytes / step_s / 1e9, read_gb_per_s=read_bw / 1e9, mbu=step_bytes / step_s / read_bw,
+    )
+    rows = [dict(case="generate", impl="jaxpt", new_tokens_per_s=b * n / stats["median_s"], **stats, **decode)]
     if args.reference:
         import torch
 
@@ -313,6 +326,12 @@ def print_table(rows: list[dict]) -> None:
             f"| {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | "
             + (f"{r['compile_s']:.2f} |" if "compile_s" in r else "– |")
         )
+        if "mbu" in r:
+            print(
+                f"|  | (prefill {r['prefill_s']:.3f} s; decode step {r['decode_step_ms']:.2f} ms reading "
+                f"{r['decode_bytes_mb']:.1f} MB of weights + KV cache: {r['decode_gb_per_s']:.1f} GB/s, "
+                f"MBU {r['mbu']:.0%} of {r['read_gb_per_s']:.1f} GB/s measured) |  |  |  |  |  |"
+            )
         if "ratio_to_trl" in r:
             print(f"|  | (ratio to TRL, same load) | **{r['ratio_to_trl']:.2f}×** |  |  |  |  |")
 

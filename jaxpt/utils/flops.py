@@ -1,8 +1,12 @@
-"""FLOP accounting and a measured matmul peak, for MFU.
+"""FLOP and byte accounting with measured peaks: MFU for training steps, MBU for decoding.
 
 Training FLOPs per token follow MaxText's count: ``6 * params`` for the matmuls (forward + backward) plus
 causal attention ``6 * layers * seq_len * heads * head_dim`` (QK^T and AV, forward + backward, halved for
 the causal mask). Embedding lookups are counted in ``params`` as MaxText does; this slightly overstates.
+
+A decode step is bound by memory traffic rather than FLOPs: model bandwidth utilisation (MBU, as defined in
+Databricks' "LLM Inference Performance Engineering", 2023) is the bytes a step must read (weights and the KV
+cache) per second, divided by the device's read bandwidth.
 """
 
 from __future__ import annotations
@@ -35,3 +39,34 @@ def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5)
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def decode_bytes_per_step(config: ModelConfig, batch: int, cache_length: int) -> int:
+    """Bytes one decode step reads at least: every parameter once, except the embedding and learned-position
+    tables, of which a step looks up one row per sequence (a tied LM head reads the embedding table in full),
+    and the whole preallocated KV cache (``batch`` rows of ``cache_length`` slots)."""
+    from jaxpt.models.decoder import abstract_params, init_cache
+    from jaxpt.sharding import unbox
+
+    def read(path, leaf) -> int:
+        table = path[0].key == "position_embed" or (path[0].key == "embed" and not config.tie_word_embeddings)
+        return 0 if table else leaf.size * leaf.dtype.itemsize
+
+    params = unbox(abstract_params(config))
+    cache = jax.eval_shape(lambda: init_cache(config, batch, cache_length))
+    weights = sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(read, params)))
+    return int(weights + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+
+
+def measure_read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a jitted sum over a ``megabytes`` float32 array on the default device: the peak MBU is
+    reported against (as ``measure_matmul_peak`` is for MFU). Choose an array larger than the caches."""
+    x = jnp.ones((megabytes * 2**20 // 4 // 256, 256), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return x.nbytes / best
