@@ -36,8 +36,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxpt.data.preference import encode_scored
 from jaxpt.data.tasks import check_answer, parse_answer, solve
-from jaxpt.data.tokenizer import encode_chat_completion, encode_prompt, is_messages, load_tokenizer
+from jaxpt.data.tokenizer import is_messages, load_tokenizer
 
 
 @dataclasses.dataclass
@@ -211,17 +212,7 @@ class RewardModelScorer:
         self._apply = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
 
     def tokenize(self, prompt: Any, completion: str, finished: bool) -> list[int]:
-        tok = self.tokenizer
-        if is_messages(prompt):
-            prompt_ids, completion_ids = encode_chat_completion(tok, list(prompt), completion)
-            if not finished:  # an unfinished reply gets no end-of-turn tokens
-                completion_ids = list(tok(completion, add_special_tokens=False)["input_ids"])
-        else:
-            prompt_ids = encode_prompt(tok, prompt, chat=False)
-            completion_ids = list(tok(completion, add_special_tokens=False)["input_ids"])
-            if finished:
-                completion_ids.append(int(tok.eos_token_id))
-        return (list(prompt_ids) + list(completion_ids))[-self.max_length :]
+        return encode_scored(self.tokenizer, prompt, completion, self.max_length, finished)
 
     def __call__(self, x: RewardInput) -> np.ndarray:
         rows = [

@@ -9,6 +9,7 @@ from jaxpt.data.preference import (
     build_preference_dataset,
     build_shared_prompt_batch,
     empty_pair,
+    encode_scored,
     fixed_preference_batches,
     shared_prompt_shape,
     tokenize_pair,
@@ -35,6 +36,24 @@ def test_chat_pair(char_tokenizer):
     assert decode(char_tokenizer, pair["prompt_ids"]) == expected_prompt
     assert decode(char_tokenizer, pair["chosen_ids"]) == "4<|end|><eos>"
     assert decode(char_tokenizer, pair["rejected_ids"]) == "5<|end|><eos>"
+
+
+def test_scored_text_matches_the_pairs(char_tokenizer):
+    """A reward model reads a completion as its preference pairs were written; unfinished ones get no end tokens."""
+    tok = char_tokenizer
+    plain = encode_scored(tok, "12+5=", "17", max_length=64)
+    assert decode(tok, plain) == "<bos>12+5=17<eos>"
+    assert decode(tok, encode_scored(tok, "12+5=", "17", 64, finished=False)) == "<bos>12+5=17"
+    chat = [{"role": "user", "content": "2+2="}]
+    expected_prompt = "<bos><|user|>2+2=<|end|><|assistant|>"
+    assert decode(tok, encode_scored(tok, chat, "4", 64)) == expected_prompt + "4<|end|><eos>"
+    assert decode(tok, encode_scored(tok, chat, "4", 64, finished=False)) == expected_prompt + "4"
+    assert encode_scored(tok, "2+2=", "4", 64, chat=True) == encode_scored(tok, chat, "4", 64)
+    pair = tokenize_pair({"prompt": chat, "chosen": "4", "rejected": "5"}, tok, max_length=64)
+    assert encode_scored(tok, chat, "4", 64) == [*pair["prompt_ids"], *pair["chosen_ids"]]
+    assert decode(tok, encode_scored(tok, "0123456789=", "abc", max_length=6)) == "9=abc<eos>"  # keeps the end
+    with pytest.raises(ValueError, match="max_length"):
+        encode_scored(tok, "1=", "1", max_length=0)
 
 
 def test_truncation_policy(char_tokenizer):

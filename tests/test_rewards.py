@@ -149,3 +149,36 @@ def test_reward_model_scores_prompt_and_completion(reward_model_run):
     np.testing.assert_allclose(total, want, atol=1e-5)
     with pytest.raises(FileNotFoundError):
         build_rewards([{"kind": "reward_model", "path": path + "/nope"}])
+
+
+def test_every_scorer_gives_one_text_one_score(reward_model_run):
+    """RL's reward, ``jaxpt eval`` and data generation (``RewardScorer``) tokenise through ``encode_scored``:
+    the same pair gets the same score, unfinished completions carry no EOS and long ones keep their end."""
+    from jaxpt.evaluation.evaluate import RewardScorer, load_reward_model
+
+    path, config, params, tok = reward_model_run
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    long_prompt = "1+2+3+4+5+6+7+8+9+10+11+12+13+14+15+16="
+    prompts = ["12+7=", "3-1=", long_prompt, long_prompt]
+    completions, finished = ["19", "2", "136", "13"], [True, False, True, False]
+    width = 24  # the long prompt needs 42+ tokens: its beginning goes
+    rows = [
+        ([tok.bos_token_id, *ids(p), *ids(c)] + ([tok.eos_token_id] if f else []))[-width:]
+        for p, c, f in zip(prompts, completions, finished, strict=True)
+    ]
+    assert rows[2][-1] == tok.eos_token_id and rows[3][-2:] == ids("13") and len(rows[2]) == width
+    want = _direct_scores(config, params, rows)
+
+    rl = build_rewards([{"kind": "reward_model", "path": path, "max_length": width}])
+    _, parts = rl(_input(prompts, completions, finished=finished))
+    evaluated = RewardScorer(load_reward_model(path + "/export"), seq_len=width, batch_size=3)
+    np.testing.assert_allclose(parts["reward_model"], want, atol=1e-5)
+    np.testing.assert_allclose(evaluated(prompts, completions, finished), want, atol=1e-5)
+    # without flags every completion counts as finished (reference answers): EOS at the end of each row
+    done = [
+        [tok.bos_token_id, *ids(p), *ids(c), tok.eos_token_id][-width:]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+    np.testing.assert_allclose(evaluated(prompts, completions), _direct_scores(config, params, done), atol=1e-5)
+    with pytest.raises(ValueError, match="finished flags"):
+        evaluated(prompts, completions, finished[:2])

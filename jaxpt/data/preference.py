@@ -53,6 +53,44 @@ def _is_empty(completion: Any) -> bool:
     return completion is None
 
 
+def encode_scored(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]],
+    completion: str,
+    max_length: int,
+    finished: bool = True,
+    chat: bool | None = None,
+) -> list[int]:
+    """``prompt + completion`` token ids as a reward model reads them, tokenised like the pairs it was trained on
+    (:func:`tokenize_pair`).
+
+    A conversation (or a string prompt with ``chat=True``, wrapped as one user message) goes through the chat
+    template and the completion ends with the template's end-of-turn tokens; a plain-text prompt follows the
+    tokenizer's special prefix and the completion ends with EOS. A completion that did not finish (cut at
+    ``max_new_tokens``) gets neither: it is scored as the unfinished text it is. Over ``max_length`` tokens the
+    *beginning* is dropped, because the score is read at the last token, which must be the completion's end.
+    Every scorer (RL rewards, ``jaxpt eval``, data generation) tokenises through here, so one text gets one
+    score.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if chat is None:
+        chat = is_messages(prompt)
+    if chat:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        prompt_ids, completion_ids = encode_chat_completion(tokenizer, messages, completion)
+        if not finished:  # an unfinished reply gets no end-of-turn tokens
+            completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = encode_prompt(tokenizer, prompt, chat=False)
+        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        if finished:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("tokenizer has no eos token; a finished completion is scored at its EOS")
+            completion_ids.append(int(tokenizer.eos_token_id))
+    return (list(prompt_ids) + list(completion_ids))[-max_length:]
+
+
 def tokenize_pair(
     example: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,

@@ -700,7 +700,9 @@ def run(
                     chat=bool(pc.get("chat", False)),
                 )
             chunk = samples[k * score_bs : (k + 1) * score_bs]
-            scores = box["scorer"]([s["prompt"] for s in chunk], [s["completion"] for s in chunk])
+            scores = box["scorer"](
+                [s["prompt"] for s in chunk], [s["completion"] for s in chunk], [s["finished"] for s in chunk]
+            )
             return [{"rm_score": float(v)} for v in scores]
 
         for s, r in zip(samples, runner.stage("reward", score_batches, rm_batch), strict=True):

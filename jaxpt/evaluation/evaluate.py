@@ -231,8 +231,10 @@ def likelihood_metrics(
 class RewardScorer:
     """Scores ``(prompt, completion)`` pairs with a scalar-head model, read at the last real token.
 
-    Pairs are tokenised like preference data (prompt, then completion + EOS, or the chat template for message
-    prompts), right-padded to ``seq_len`` and truncated from the right.
+    Pairs are tokenised as the RL reward does (:func:`jaxpt.data.preference.encode_scored`, like the
+    preference data the model was trained on): completions that finished end with EOS (or the chat template's
+    end-of-turn tokens), unfinished ones do not, and over ``seq_len`` tokens the beginning is dropped.
+    ``chat=True`` renders string prompts as one user message; otherwise the prompt's type decides.
     """
 
     def __init__(self, model: LoadedModel, seq_len: int = 256, batch_size: int = 32, chat: bool = False):
@@ -242,21 +244,21 @@ class RewardScorer:
         module = ScalarHeadModel(model.config)
         self._apply = jax.jit(lambda p, t, pos, seg: module.apply({"params": p}, t, pos, seg))
 
-    def _tokens(self, prompt: Prompt, completion: str) -> np.ndarray:
-        from jaxpt.data.sft import tokenize_example
+    def _tokens(self, prompt: Prompt, completion: str, finished: bool = True) -> list[int]:
+        from jaxpt.data.preference import encode_scored
 
-        ex = tokenize_example(
-            {"prompt": prompt, "completion": completion},
-            self.model.tokenizer,
-            "prompt_completion",
-            self.seq_len,
-            chat=self.chat,
-        )
-        return ex["tokens"]
+        chat = True if self.chat else None
+        return encode_scored(self.model.tokenizer, prompt, completion, self.seq_len, finished, chat=chat)
 
-    def __call__(self, prompts: Sequence[Prompt], completions: Texts) -> np.ndarray:
+    def __call__(
+        self, prompts: Sequence[Prompt], completions: Texts, finished: Sequence[bool] | None = None
+    ) -> np.ndarray:
+        """One score per pair; ``finished`` (default: all) says which completions ended with EOS."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        finished = [True] * len(prompts) if finished is None else [bool(f) for f in finished]
+        if len(finished) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(finished)} finished flags")
         pad = int(self.model.tokenizer.pad_token_id or 0)
         scores = []
         for lo, hi in _batches(len(prompts), self.batch_size):
@@ -264,7 +266,7 @@ class RewardScorer:
             tokens = np.full((b, self.seq_len), pad, np.int32)
             segs = np.zeros((b, self.seq_len), np.int32)
             for r, i in enumerate(range(lo, hi)):
-                ids = self._tokens(prompts[i], completions[i])
+                ids = self._tokens(prompts[i], completions[i], finished[i])
                 tokens[r, : len(ids)], segs[r, : len(ids)] = ids, 1
             segs[hi - lo :, 0] = 1  # filler rows: one token, so every row has a last token
             pos = np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), (b, self.seq_len))
@@ -642,7 +644,7 @@ def evaluate_params(
             batch_size=int(rw.get("batch_size", 32)),
             chat=chat,
         )
-        ours = scorer(prompts, preds)
+        ours = scorer(prompts, preds, finished=[r["finished"] for r in rows])
         metrics["rm_score"] = float(np.mean(ours))
         for s, v in zip(samples, ours, strict=True):
             s["rm_score"] = float(v)
