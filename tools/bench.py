@@ -216,24 +216,16 @@ def case_sft(args) -> list[dict]:
     return rows
 
 
-def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[], float] | None = None):
-    """TRL's SFTTrainer on the same weights and data shape; step times from a callback, after warm-up.
+def time_trainer(trainer, between: Callable[[], float] | None = None) -> tuple[dict, list[float]]:
+    """Trains a TRL trainer, timing each step from a callback; the first two steps are warm-up.
 
     ``between`` (optional) runs after each TRL step is timed, inside the same callback, and returns its own
-    duration: our step interleaved with theirs, so both see the same machine load. Returns the TRL row and
-    the ``between`` durations after the same warm-up.
+    duration: our step interleaved with theirs, so both see the same machine load. Returns the timing row
+    (``impl``, ``compile_s``, ``median_s``, ...) and the ``between`` durations after the same warm-up.
     """
-    import tempfile
-
-    import datasets
     import transformers
     import trl
 
-    from jaxpt.data.tokenizer import build_char_tokenizer
-
-    model = _torch_model(config, params).train()
-    data = sft_batch(config.vocab_size, b * (repeats + 2), t, seed=1)
-    ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
     times: list[float] = []
     ours: list[float] = []
 
@@ -246,6 +238,32 @@ def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[],
             if between is not None:
                 ours.append(between())
 
+    trainer.add_callback(Timer())
+    trainer.train()
+    steady = times[2:]
+    row = dict(
+        impl=f"trl-{trl.__version__} {type(trainer).__name__}",
+        compile_s=times[0],
+        median_s=statistics.median(steady),
+        min_s=min(steady),
+        max_s=max(steady),
+        repeats=len(steady),
+    )
+    return row, ours[2:]
+
+
+def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[], float] | None = None):
+    """TRL's SFTTrainer on the same weights and data shape, timed by :func:`time_trainer` (with ``between``)."""
+    import tempfile
+
+    import datasets
+    import trl
+
+    from jaxpt.data.tokenizer import build_char_tokenizer
+
+    model = _torch_model(config, params).train()
+    data = sft_batch(config.vocab_size, b * (repeats + 2), t, seed=1)
+    ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
     out = tempfile.mkdtemp()
     cfg = trl.SFTConfig(
         output_dir=out, per_device_train_batch_size=b, max_length=t, max_steps=repeats + 2, learning_rate=3e-4,
@@ -253,15 +271,9 @@ def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[],
         dataloader_num_workers=0, packing=False, optim="adamw_torch", bf16=False, fp16=False,
     )
     trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=build_char_tokenizer())
-    trainer.add_callback(Timer())
-    trainer.train()
-    steady = times[2:]  # first steps include warm-up
-    med = statistics.median(steady)
-    row = dict(
-        case="sft", impl=f"trl-{trl.__version__} SFTTrainer", tokens_per_s=b * t / med, compile_s=times[0],
-        median_s=med, min_s=min(steady), max_s=max(steady), repeats=len(steady),
-    )
-    return row, ours[2:]
+    row, ours = time_trainer(trainer, between)
+    row = dict(case="sft", tokens_per_s=b * t / row["median_s"], **row)
+    return row, ours
 
 
 CASES: dict[str, Callable] = {"generate": case_generate, "sft": case_sft}

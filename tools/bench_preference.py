@@ -1,6 +1,7 @@
-"""Preference-training benchmark (plug-in case of ``tools/bench.py``): one DPO step on bench-small.
+"""Preference-training benchmarks (plug-in cases of ``tools/bench.py``): one DPO step and one reward-model
+step on bench-small.
 
-    python tools/bench.py dpo --repeats 5
+    python tools/bench.py dpo rm --repeats 5
     python tools/bench.py dpo --no-reference      # ours only
 
 8 pairs, prompt 128 + completion 128 tokens (flat: a [16, 256] batch, chosen rows then rejected rows; jaxpt's
@@ -20,7 +21,9 @@ Rows, all in this process on the same weights and data:
 - ``jaxpt, interleaved with the TRL steps``: our default step run inside TRL's step-end callback, after TRL's
   step is timed, so both see the same machine load step by step; its row carries ``ratio_to_trl``.
 
-Throughput is pairs per second (``pairs_per_s``).
+Throughput is pairs per second (``pairs_per_s``). The ``rm`` case trains a score head on the same pairs with
+the Bradley-Terry loss (``jaxpt.algorithms.reward_model``, shared-prompt batches) against TRL's RewardTrainer
+on the same weights (exported as ``LlamaForSequenceClassification``), with the same interleaved row.
 """
 
 from __future__ import annotations
@@ -147,53 +150,44 @@ def _torch_row(config, params, batch, repeats: int) -> dict:
     return dict(case="dpo", impl="torch (TRL-style step)", pairs_per_s=PAIRS / stats["median_s"], **stats)
 
 
-def _trl_row(config, params, repeats: int, between=None) -> tuple[dict, list[float]] | None:
-    """TRL's DPOTrainer on the same weights: pairs of 127 random characters of an 8184-character alphabet
-    (prompt: BOS + 127 = 128 tokens; completions: 127 + EOS = 128 tokens)."""
+def _text_pairs(config, count: int):
+    """``count`` pairs of 127 random characters of an 8184-character alphabet (prompt: BOS + 127 = 128 tokens;
+    completions: 127 + EOS = 128 tokens) and the char tokenizer that reads them; None without TRL (it is not a
+    jaxpt dependency)."""
     try:
         import datasets
-        import transformers
-        import trl
+        import trl  # noqa: F401
     except ImportError:
         return None
-    import tempfile
-
     from jaxpt.data.tokenizer import CHAR_SPECIAL_TOKENS, build_char_tokenizer
 
-    bench = _bench()
-    vocab = config.vocab_size
-    alphabet = "".join(chr(0x4E00 + i) for i in range(vocab - len(CHAR_SPECIAL_TOKENS)))
-    tokenizer = build_char_tokenizer(alphabet=alphabet)
+    alphabet = "".join(chr(0x4E00 + i) for i in range(config.vocab_size - len(CHAR_SPECIAL_TOKENS)))
     rng = np.random.default_rng(1)
     text = lambda n: "".join(rng.choice(list(alphabet), n))  # noqa: E731
-    steps = repeats + 2
-    ds = datasets.Dataset.from_list(
-        [
-            {"prompt": text(PROMPT - 1), "chosen": text(COMPLETION - 1), "rejected": text(COMPLETION - 1)}
-            for _ in range(PAIRS * steps)
-        ]
-    )
-    times: list[float] = []
+    rows = [
+        {"prompt": text(PROMPT - 1), "chosen": text(COMPLETION - 1), "rejected": text(COMPLETION - 1)}
+        for _ in range(count)
+    ]
+    return datasets.Dataset.from_list(rows), build_char_tokenizer(alphabet=alphabet)
 
-    class Timer(transformers.TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
 
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
-            if between is not None:
-                ours.append(between())
+def _time_trainer(trainer, case: str, between=None) -> tuple[dict, list[float]]:
+    """``bench.time_trainer`` with this module's row fields (case, pairs/s)."""
+    row, ours = _bench().time_trainer(trainer, between)
+    return dict(case=case, pairs_per_s=PAIRS / row["median_s"], **row), ours
 
-    ours: list[float] = []
-    cfg = trl.DPOConfig(
+
+def _trl_args(repeats: int) -> dict:
+    """Training arguments TRL's DPO and reward trainers share here: one optimizer step per batch of PAIRS."""
+    import tempfile
+
+    return dict(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=PAIRS,
         max_length=PROMPT + COMPLETION,
-        max_steps=steps,
+        max_steps=repeats + 2,
         learning_rate=LR,
         lr_scheduler_type="constant",
-        beta=BETA,
-        loss_type="sigmoid",
         logging_steps=1000,
         save_strategy="no",
         report_to=[],
@@ -203,26 +197,48 @@ def _trl_row(config, params, repeats: int, between=None) -> tuple[dict, list[flo
         adam_beta2=0.95,
         bf16=False,
         fp16=False,
-        precompute_ref_log_probs=False,
     )
+
+
+def _trl_row(config, params, repeats: int, between=None) -> tuple[dict, list[float]] | None:
+    """TRL's DPOTrainer on the same weights and equivalent text pairs (``_text_pairs``)."""
+    data = _text_pairs(config, PAIRS * (repeats + 2))
+    if data is None:
+        return None
+    import trl
+
+    ds, tokenizer = data
+    bench = _bench()
+    cfg = trl.DPOConfig(**_trl_args(repeats), beta=BETA, loss_type="sigmoid", precompute_ref_log_probs=False)
     model = bench._torch_model(config, params).train()
     ref_model = bench._torch_model(config, params).eval()
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=ds, processing_class=tokenizer)
-    trainer.add_callback(Timer())
-    trainer.train()
-    steady = times[2:]
-    med = statistics.median(steady)
-    row = dict(
-        case="dpo",
-        impl=f"trl-{trl.__version__} DPOTrainer",
+    return _time_trainer(trainer, "dpo", between)
+
+
+def _interleaved_row(case: str, trl_row: dict, ours: list[float]) -> dict:
+    med = statistics.median(ours)
+    return dict(
+        case=case,
+        impl="jaxpt, interleaved with the TRL steps",
         pairs_per_s=PAIRS / med,
-        compile_s=times[0],
         median_s=med,
-        min_s=min(steady),
-        max_s=max(steady),
-        repeats=len(steady),
+        min_s=min(ours),
+        max_s=max(ours),
+        repeats=len(ours),
+        ratio_to_trl=trl_row["median_s"] / med,
     )
-    return row, ours[2:]
+
+
+def _timed(run):
+    """``run`` as a callable that returns its own duration (for ``between``)."""
+
+    def timed() -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    return timed
 
 
 def case_dpo(args) -> list[dict]:
@@ -237,25 +253,65 @@ def case_dpo(args) -> list[dict]:
     batch = preference_batch(pairs, shared_prompt=False)  # the torch step's [2B, T] rows
     if args.reference:
         rows.append(_torch_row(config, params, batch, max(3, args.repeats)))
-
-        def default_step() -> float:  # ours (reference in the step), timed step by step between TRL's steps
-            start = time.perf_counter()
-            runs[0]()
-            return time.perf_counter() - start
-
-        trl = _trl_row(config, params, max(3, args.repeats), between=default_step)
+        trl = _trl_row(config, params, max(3, args.repeats), between=_timed(runs[0]))
         if trl is not None:
-            trl_row, ours = trl
-            med = statistics.median(ours)
-            rows += [
-                trl_row,
-                dict(
-                    case="dpo", impl="jaxpt, interleaved with the TRL steps", pairs_per_s=PAIRS / med,
-                    median_s=med, min_s=min(ours), max_s=max(ours), repeats=len(ours),
-                    ratio_to_trl=trl_row["median_s"] / med,
-                ),
-            ]
+            rows += [trl[0], _interleaved_row("dpo", *trl)]
     return rows
 
 
-CASES = {"dpo": case_dpo}
+def case_rm(args) -> list[dict]:
+    """Reward-model step on bench-small with a scalar score head: the same 8 pairs x (128 + 128) tokens,
+    Bradley-Terry loss, f32, AdamW; against TRL's RewardTrainer on the same weights
+    (``LlamaForSequenceClassification``, exported with ``save_hf(head="score")``)."""
+    from jaxpt.algorithms import reward_model
+    from jaxpt.models.reward import init_reward_params
+    from jaxpt.training.optimizer import make_optimizer, optimizer_config
+    from jaxpt.training.state import TrainState
+    from jaxpt.training.step import make_train_step
+
+    bench = _bench()
+    config = bench.bench_small_config()
+    params = init_reward_params(config, jax.random.key(0))
+    batch = {k: jnp.asarray(v) for k, v in preference_batch(preference_pairs(config.vocab_size), True).items()}
+    tx, schedule = make_optimizer(optimizer_config(lr=LR, warmup_steps=0, weight_decay=0.0), 1000)
+    step = jax.jit(make_train_step(reward_model.make_loss_fn(config, 0.0), tx, schedule), donate_argnums=0)
+    own = jax.tree.map(jnp.copy, params)  # the step donates its state; keep `params` for the reference
+    state = [TrainState(jnp.zeros((), jnp.int32), own, tx.init(own), jax.random.key_data(jax.random.key(0)))]
+
+    def run():
+        state[0], m = step(state[0], batch, None)
+        jax.block_until_ready(m)
+
+    stats = bench.timeit(run, args.repeats)
+    rows = [dict(case="rm", impl="jaxpt", pairs_per_s=PAIRS / stats["median_s"], **stats)]
+    if args.reference:
+        trl = _trl_rm_row(config, params, max(3, args.repeats), between=_timed(run))
+        if trl is not None:
+            rows += [trl[0], _interleaved_row("rm", *trl)]
+    return rows
+
+
+def _trl_rm_row(config, params, repeats: int, between=None) -> tuple[dict, list[float]] | None:
+    """TRL's RewardTrainer on the same weights and equivalent text pairs (``_text_pairs``)."""
+    data = _text_pairs(config, PAIRS * (repeats + 2))
+    if data is None:
+        return None
+    import tempfile
+
+    import transformers
+    import trl
+
+    from jaxpt.models.hf import save_hf
+
+    ds, tokenizer = data
+    d = tempfile.mkdtemp()
+    save_hf(config, params, d, overwrite=True, head="score")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(d).train()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = trl.RewardTrainer(
+        model=model, args=trl.RewardConfig(**_trl_args(repeats)), train_dataset=ds, processing_class=tokenizer
+    )
+    return _time_trainer(trainer, "rm", between)
+
+
+CASES = {"dpo": case_dpo, "rm": case_rm}
