@@ -177,48 +177,78 @@ def resolve_model_dir(path: str) -> str:
 
 
 class RewardModelScorer:
-    """Scores ``prompt + completion`` with a frozen scalar-head model (jitted, optionally sharded)."""
+    """Scores ``prompt + completion`` with a frozen scalar-head model (jitted, optionally sharded), read at the
+    last token of each row tokenised by :func:`jaxpt.data.preference.encode_scored`.
+
+    The one scorer of the code base: RL's ``reward_model`` reward, ``jaxpt eval``'s reward metrics and data
+    generation's ``rm_score`` all use it, so one text gets one score. ``chat=True`` renders string prompts as
+    one user message; by default the prompt's type decides (as for the preference data the model learned on).
+    """
 
     def __init__(
         self,
+        config: Any,
+        params: Any,
+        tokenizer: Any,
+        *,
+        mesh: Any = None,
+        max_length: int = 512,
+        batch_size: int = 0,
+        chat: bool | None = None,
+    ):
+        from jaxpt.models.reward import ScalarHeadModel
+
+        self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.mesh, self.max_length, self.batch_size, self.chat = mesh, int(max_length), int(batch_size), chat
+        model = ScalarHeadModel(config)
+        self._apply = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+
+    @classmethod
+    def load(
+        cls,
         path: str,
         *,
         tokenizer: Any = None,
         mesh: Any = None,
         rules: Any = None,
-        max_length: int = 512,
-        batch_size: int = 0,
         dtype: str | None = None,
-    ):
+        **options: Any,
+    ) -> RewardModelScorer:
+        """From a HF ``*ForSequenceClassification`` directory or an RM run (its ``export/``), its params sharded
+        by ``rules`` over ``mesh`` when both are given; its own tokenizer files win over ``tokenizer``."""
         from jaxpt.models.config import ModelConfig
         from jaxpt.models.hf import load_hf
-        from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
+        from jaxpt.models.reward import abstract_reward_params
         from jaxpt.sharding import param_shardings
 
-        self.path = resolve_model_dir(path)
-        if os.path.exists(os.path.join(self.path, "tokenizer_config.json")):
-            tokenizer = load_tokenizer(self.path)
+        path = resolve_model_dir(path)
+        if os.path.exists(os.path.join(path, "tokenizer_config.json")):
+            tokenizer = load_tokenizer(path)
         if tokenizer is None:
-            raise ValueError(f"reward model {self.path!r} has no tokenizer files and none was given")
-        self.tokenizer = tokenizer
+            raise ValueError(f"reward model {path!r} has no tokenizer files and none was given")
         run = {"dtype": dtype} if dtype else {}
-        config = ModelConfig.from_hf(self.path, **run)
+        config = ModelConfig.from_hf(path, **run)
         shardings = None
         if mesh is not None and rules is not None:
             shardings = param_shardings(abstract_reward_params(config), mesh, rules)
-        self.config, self.params = load_hf(self.path, head="score", shardings=shardings, **run)
-        self.mesh, self.max_length, self.batch_size = mesh, int(max_length), int(batch_size)
-        model = ScalarHeadModel(self.config)
-        self._apply = jax.jit(lambda p, t, pos, seg: model.apply({"params": p}, t, pos, seg))
+        config, params = load_hf(path, head="score", shardings=shardings, **run)
+        return cls(config, params, tokenizer, mesh=mesh, **options)
 
     def tokenize(self, prompt: Any, completion: str, finished: bool) -> list[int]:
-        return encode_scored(self.tokenizer, prompt, completion, self.max_length, finished)
+        return encode_scored(self.tokenizer, prompt, completion, self.max_length, finished, chat=self.chat)
 
     def __call__(self, x: RewardInput) -> np.ndarray:
-        rows = [
-            self.tokenize(p, c, bool(f))
-            for p, c, f in zip(x.prompts, x.completions, np.asarray(x.finished), strict=True)
-        ]
+        return self.score(x.prompts, x.completions, x.finished)
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[str], finished: Any = None) -> np.ndarray:
+        """float32 ``[N]``: one score per pair; ``finished`` (default: all) says which completions ended with
+        EOS (see ``encode_scored``)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        finished = np.ones(len(prompts), bool) if finished is None else np.asarray(finished, bool).reshape(-1)
+        if len(finished) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(finished)} finished flags")
+        rows = [self.tokenize(p, c, bool(f)) for p, c, f in zip(prompts, completions, finished, strict=True)]
         n = len(rows)
         chunk = self.batch_size or n
         if self.mesh is not None:  # rows split over the batch axes of the mesh
@@ -259,14 +289,14 @@ def reward_model_reward(
     mesh: Any = None,
     rules: Any = None,
 ) -> RewardFn:
-    scorer = RewardModelScorer(
+    scorer = RewardModelScorer.load(
         path,
         tokenizer=tokenizer,
         mesh=mesh,
         rules=rules,
+        dtype=dtype or None,
         max_length=max_length,
         batch_size=batch_size,
-        dtype=dtype or None,
     )
 
     def fn(x: RewardInput) -> np.ndarray:

@@ -159,10 +159,10 @@ def test_arithmetic_verifier_and_all_text_metrics(model):
 
 def test_reward_model_scores_and_win_rate(model, rm_dir):
     rm = ev.load_reward_model(rm_dir)
-    scorer = ev.RewardScorer(rm, seq_len=24, batch_size=4)
+    scorer = ev.reward_scorer(rm, seq_len=24, batch_size=4)
     prompts = [r["prompt"] for r in RECORDS]
     comps = [r["completion"] for r in RECORDS]
-    got = scorer(prompts, comps)
+    got = scorer.score(prompts, comps)
     # Batched scores equal the per-token values of one causal forward, read at each example's last token.
     examples = [
         tokenize_example({"prompt": p, "completion": c}, rm.tokenizer, "prompt_completion", 24)
@@ -180,7 +180,7 @@ def test_reward_model_scores_and_win_rate(model, rm_dir):
         model.config, model.params, model.tokenizer, cfg, records=RECORDS, return_samples=True
     )
     ours = [s["rm_score"] for s in samples]
-    theirs = scorer(prompts, comps)
+    theirs = scorer.score(prompts, comps)
     assert metrics["rm_score"] == pytest.approx(np.mean(ours))
     assert metrics["rm_reference_score"] == pytest.approx(np.mean(theirs))
     assert metrics["rm_win_rate"] == pytest.approx(win_rate(ours, theirs))

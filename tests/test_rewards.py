@@ -152,9 +152,9 @@ def test_reward_model_scores_prompt_and_completion(reward_model_run):
 
 
 def test_every_scorer_gives_one_text_one_score(reward_model_run):
-    """RL's reward, ``jaxpt eval`` and data generation (``RewardScorer``) tokenise through ``encode_scored``:
-    the same pair gets the same score, unfinished completions carry no EOS and long ones keep their end."""
-    from jaxpt.evaluation.evaluate import RewardScorer, load_reward_model
+    """RL's reward and ``jaxpt eval`` / data generation (``reward_scorer``) score alike: the same pair gets the
+    same score, unfinished completions carry no EOS and long ones keep their end (``encode_scored``)."""
+    from jaxpt.evaluation.evaluate import load_reward_model, reward_scorer
 
     path, config, params, tok = reward_model_run
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -171,14 +171,14 @@ def test_every_scorer_gives_one_text_one_score(reward_model_run):
 
     rl = build_rewards([{"kind": "reward_model", "path": path, "max_length": width}])
     _, parts = rl(_input(prompts, completions, finished=finished))
-    evaluated = RewardScorer(load_reward_model(path + "/export"), seq_len=width, batch_size=3)
+    evaluated = reward_scorer(load_reward_model(path + "/export"), seq_len=width, batch_size=3)
     np.testing.assert_allclose(parts["reward_model"], want, atol=1e-5)
-    np.testing.assert_allclose(evaluated(prompts, completions, finished), want, atol=1e-5)
+    np.testing.assert_allclose(evaluated.score(prompts, completions, finished), want, atol=1e-5)
     # without flags every completion counts as finished (reference answers): EOS at the end of each row
     done = [
         [tok.bos_token_id, *ids(p), *ids(c), tok.eos_token_id][-width:]
         for p, c in zip(prompts, completions, strict=True)
     ]
-    np.testing.assert_allclose(evaluated(prompts, completions), _direct_scores(config, params, done), atol=1e-5)
+    np.testing.assert_allclose(evaluated.score(prompts, completions), _direct_scores(config, params, done), atol=1e-5)
     with pytest.raises(ValueError, match="finished flags"):
-        evaluated(prompts, completions, finished[:2])
+        evaluated.score(prompts, completions, finished[:2])

@@ -590,12 +590,12 @@ def run(
     """
     from jaxpt.config import save_config
     from jaxpt.evaluation.evaluate import (
-        RewardScorer,
         RubricJudge,
         load_model,
         load_reward_model,
         make_sampling,
         mean_judge_score,
+        reward_scorer,
         sample_batch,
     )
 
@@ -693,14 +693,14 @@ def run(
 
         def rm_batch(k: int) -> list[Row]:
             if "scorer" not in box:
-                box["scorer"] = RewardScorer(
+                box["scorer"] = reward_scorer(
                     load_reward_model(scoring.reward_model),
                     seq_len=int(scoring.get("reward_seq_len", 256)),
                     batch_size=score_bs,
                     chat=bool(pc.get("chat", False)),
                 )
             chunk = samples[k * score_bs : (k + 1) * score_bs]
-            scores = box["scorer"](
+            scores = box["scorer"].score(
                 [s["prompt"] for s in chunk], [s["completion"] for s in chunk], [s["finished"] for s in chunk]
             )
             return [{"rm_score": float(v)} for v in scores]

@@ -20,7 +20,7 @@ Four groups of metrics, each switched on by its config section (see ``configs/ev
 live params); :func:`run_eval` loads a model from disk, evaluates and writes ``report.json``, ``report.md``,
 TensorBoard scalars and ``predictions.jsonl``.
 
-The model runners here (:func:`sample_texts`, :class:`RewardScorer`, :class:`RubricJudge`) are shared with
+The model runners here (:func:`sample_texts`, :func:`reward_scorer`, :class:`RubricJudge`) are shared with
 synthetic-data generation (``jaxpt.datagen.pipeline``).
 """
 
@@ -43,6 +43,7 @@ from ml_collections import ConfigDict
 from jaxpt.data.tokenizer import encode_prompt, encode_prompts, is_messages, load_tokenizer
 from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.models.config import ModelConfig
+from jaxpt.rewards import RewardModelScorer
 
 log = logging.getLogger(__name__)
 
@@ -228,51 +229,16 @@ def likelihood_metrics(
 # Reward-model scores.
 
 
-class RewardScorer:
-    """Scores ``(prompt, completion)`` pairs with a scalar-head model, read at the last real token.
-
-    Pairs are tokenised as the RL reward does (:func:`jaxpt.data.preference.encode_scored`, like the
-    preference data the model was trained on): completions that finished end with EOS (or the chat template's
-    end-of-turn tokens), unfinished ones do not, and over ``seq_len`` tokens the beginning is dropped.
-    ``chat=True`` renders string prompts as one user message; otherwise the prompt's type decides.
-    """
-
-    def __init__(self, model: LoadedModel, seq_len: int = 256, batch_size: int = 32, chat: bool = False):
-        from jaxpt.models.reward import ScalarHeadModel
-
-        self.model, self.seq_len, self.batch_size, self.chat = model, seq_len, batch_size, chat
-        module = ScalarHeadModel(model.config)
-        self._apply = jax.jit(lambda p, t, pos, seg: module.apply({"params": p}, t, pos, seg))
-
-    def _tokens(self, prompt: Prompt, completion: str, finished: bool = True) -> list[int]:
-        from jaxpt.data.preference import encode_scored
-
-        chat = True if self.chat else None
-        return encode_scored(self.model.tokenizer, prompt, completion, self.seq_len, finished, chat=chat)
-
-    def __call__(
-        self, prompts: Sequence[Prompt], completions: Texts, finished: Sequence[bool] | None = None
-    ) -> np.ndarray:
-        """One score per pair; ``finished`` (default: all) says which completions ended with EOS."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        finished = [True] * len(prompts) if finished is None else [bool(f) for f in finished]
-        if len(finished) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(finished)} finished flags")
-        pad = int(self.model.tokenizer.pad_token_id or 0)
-        scores = []
-        for lo, hi in _batches(len(prompts), self.batch_size):
-            b = self.batch_size
-            tokens = np.full((b, self.seq_len), pad, np.int32)
-            segs = np.zeros((b, self.seq_len), np.int32)
-            for r, i in enumerate(range(lo, hi)):
-                ids = self._tokens(prompts[i], completions[i], finished[i])
-                tokens[r, : len(ids)], segs[r, : len(ids)] = ids, 1
-            segs[hi - lo :, 0] = 1  # filler rows: one token, so every row has a last token
-            pos = np.broadcast_to(np.arange(self.seq_len, dtype=np.int32), (b, self.seq_len))
-            out = jax.device_get(self._apply(self.model.params, tokens, pos, segs))
-            scores.append(np.asarray(out[: hi - lo], np.float64))
-        return np.concatenate(scores) if scores else np.zeros((0,), np.float64)
+def reward_scorer(
+    model: LoadedModel, seq_len: int = 256, batch_size: int = 32, chat: bool = False
+) -> RewardModelScorer:
+    """A :class:`jaxpt.rewards.RewardModelScorer` for a loaded scalar-head model: the RL reward's scorer, so
+    eval, data generation and RL give one text one score. Its ``score(prompts, completions, finished)`` reads
+    each pair at its last token; ``chat=True`` renders string prompts as one user message."""
+    chat_mode = True if chat else None  # otherwise the prompt's type decides
+    return RewardModelScorer(
+        model.config, model.params, model.tokenizer, max_length=seq_len, batch_size=batch_size, chat=chat_mode
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -638,13 +604,13 @@ def evaluate_params(
     if rw and rw.get("model"):
         from jaxpt.evaluation.metrics import win_rate
 
-        scorer = RewardScorer(
+        scorer = reward_scorer(
             _cached("reward", rw["model"], rw.get("tokenizer", "")),
             seq_len=int(rw.get("seq_len", 256)),
             batch_size=int(rw.get("batch_size", 32)),
             chat=chat,
         )
-        ours = scorer(prompts, preds, finished=[r["finished"] for r in rows])
+        ours = scorer.score(prompts, preds, [r["finished"] for r in rows])
         metrics["rm_score"] = float(np.mean(ours))
         for s, v in zip(samples, ours, strict=True):
             s["rm_score"] = float(v)
@@ -654,7 +620,7 @@ def evaluate_params(
                 if rw.get("reference")
                 else [_first_ref(r) for r in refs]
             )
-            theirs = scorer(prompts, ref_texts)
+            theirs = scorer.score(prompts, ref_texts)
             metrics["rm_reference_score"] = float(np.mean(theirs))
             metrics["rm_win_rate"] = win_rate(ours, theirs)
 
@@ -724,7 +690,7 @@ __all__ = [
     "JUDGE_TEMPLATE",
     "RUBRIC",
     "LoadedModel",
-    "RewardScorer",
+    "reward_scorer",
     "RubricJudge",
     "evaluate_params",
     "likelihood_metrics",
