@@ -25,33 +25,13 @@ from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
 from jaxpt.losses.rl import GRPO_LOSS_TYPES, grpo_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, init_params
+from jaxpt.models.decoder import Decoder
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.orbax_io import load_orbax
-from jaxpt.training.loop import train
+from tests.rl_helpers import random_decoder_params, train_recording_sampler, trees_equal
 
 TINY = "configs/grpo/arithmetic.py:tiny"
-
-
-def random_params(config, seed, abstract=None):
-    """Decoder params drawn with numpy (std 0.02, norms at 1): no XLA compile of the initializers."""
-    rng = np.random.default_rng(seed)
-    abstract = abstract or jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-
-    def draw(path, leaf):
-        if "norm" in jax.tree_util.keystr(path):
-            return np.ones(leaf.shape, leaf.dtype)
-        return (0.02 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
-def _equal(a, b):
-    return all(
-        np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -62,28 +42,15 @@ def run(tmp_path_factory):
     config = load_config(TINY)
     model_config = model_config_from(config.model, tokenizer)
     policy_dir = str(tmp / "policy")  # a seed the run would not draw itself: the weights really are loaded
-    save_hf(model_config, random_params(model_config, 7), policy_dir, tokenizer=tokenizer)
+    save_hf(model_config, random_decoder_params(model_config, 7), policy_dir, tokenizer=tokenizer)
     config.model.path = policy_dir
     config.tokenizer.path, config.tokenizer.builtin = policy_dir, ""
     config.data.eval = ""
     config.train.update(dict(steps=2, checkpoint_every=1, peak_flops=1e12))
     config.grpo.mini_batch_size = 32  # 8 prompts per minibatch: shared-prompt rows on the 8-device mesh
 
-    calls = []
-    real = rollout_lib.generate
-
-    def spy(cfg, params, tokens, mask, rng, sampling):
-        out = real(cfg, params, tokens, mask, rng, sampling)
-        calls.append(
-            dict(params=jax.device_get(params), tokens=np.asarray(tokens), mask=np.asarray(mask), sampling=sampling)
-            | {"out": jax.device_get(out)}
-        )
-        return out
-
     workdir = str(tmp / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rollout_lib, "generate", spy)
-        result = train(config, workdir)
+    result, calls = train_recording_sampler(config, workdir, outputs=True)
     return dict(config=config, model_config=model_config, policy_dir=policy_dir, workdir=workdir, calls=calls) | {
         "result": result
     }
@@ -93,12 +60,12 @@ def test_rollouts_sample_from_the_current_weights(run):
     calls = run["calls"]
     assert len(calls) == 2 and all(c["sampling"].temperature == 1.0 for c in calls)
     _, loaded = load_hf(run["policy_dir"])
-    assert _equal(calls[0]["params"], loaded)  # step 1 samples from the loaded checkpoint
+    assert trees_equal(calls[0]["params"], loaded)  # step 1 samples from the loaded checkpoint
     _, after_step1, _ = load_orbax(run["workdir"], step=1)
-    assert _equal(calls[1]["params"], after_step1)  # step 2 from the weights the step-1 updates produced
-    assert not _equal(calls[1]["params"], calls[0]["params"])
+    assert trees_equal(calls[1]["params"], after_step1)  # step 2 from the weights the step-1 updates produced
+    assert not trees_equal(calls[1]["params"], calls[0]["params"])
     final = jax.device_get(run["result"]["state"].params)
-    assert not _equal(final, after_step1)
+    assert not trees_equal(final, after_step1)
     # G=4 completions per prompt, rows of a prompt contiguous
     tokens = calls[0]["tokens"]
     assert tokens.shape[0] == 8 * 4 and all(np.array_equal(tokens[i], tokens[i - i % 4]) for i in range(32))
@@ -193,7 +160,7 @@ def _loss_model():
             max_position_embeddings=64,
         )
     )
-    return config, random_params(config, 0)
+    return config, random_decoder_params(config, 0)
 
 
 def _loss_case(loss_type):

@@ -10,35 +10,17 @@ import numpy as np
 import pytest
 
 from jaxpt.algorithms import ppo
-from jaxpt.algorithms import rollout as rollout_lib
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer
-from jaxpt.models.decoder import Decoder, init_params, positions_from_mask
+from jaxpt.models.decoder import Decoder, positions_from_mask
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import abstract_reward_params, init_reward_params
 from jaxpt.sharding import DEFAULT_RULES, make_mesh, param_shardings
-from jaxpt.training.loop import train
+from tests.rl_helpers import random_decoder_params, random_params, train_recording_sampler, trees_equal
 
 TINY = "configs/ppo/arithmetic.py:tiny"
 LOWER = "abcdefghijklmnopqrstuvwxyz"
-
-
-def random_params(abstract, seed, std=0.02):
-    """Params drawn with numpy (norm scales at 1): no XLA compile of the initializers."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        if "norm" in jax.tree_util.keystr(path):
-            return np.ones(leaf.shape, leaf.dtype)
-        return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
-def _equal(a, b):
-    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +29,8 @@ def setup(tmp_path_factory):
     tokenizer = build_char_tokenizer()
     config = load_config(TINY)
     model_config = model_config_from(config.model, tokenizer)
-    abstract = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))
     policy_dir = str(tmp / "policy")
-    save_hf(model_config, random_params(abstract, 7), policy_dir, tokenizer=tokenizer)
+    save_hf(model_config, random_decoder_params(model_config, 7), policy_dir, tokenizer=tokenizer)
     return dict(tmp=tmp, tokenizer=tokenizer, model_config=model_config, policy_dir=policy_dir)
 
 
@@ -64,19 +45,8 @@ def run(setup):
     config.ppo.update(dict(missing_eos_penalty=0.0, mini_batch_size=8, epochs=2))
     config.train.update(dict(steps=2, batch_size=32, peak_flops=1e12))
 
-    calls = []
-    real = rollout_lib.generate
-
-    def spy(cfg, params, tokens, mask, rng, sampling):
-        calls.append(
-            dict(params=jax.device_get(params), tokens=np.asarray(tokens), mask=np.asarray(mask), sampling=sampling)
-        )
-        return real(cfg, params, tokens, mask, rng, sampling)
-
     workdir = str(setup["tmp"] / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rollout_lib, "generate", spy)
-        result = train(config, workdir)
+    result, calls = train_recording_sampler(config, workdir)
     return dict(config=config, workdir=workdir, calls=calls, result=result)
 
 
@@ -93,8 +63,8 @@ def test_one_ppo_step_increases_the_expected_reward(setup, run):
     assert len(rollouts) == 2
     before, after = rollouts[0]["params"], rollouts[1]["params"]
     _, loaded = load_hf(setup["policy_dir"])
-    assert _equal(before, loaded)  # the first rollout samples from the loaded policy
-    assert not _equal(after, before)  # the second from the policy one PPO step produced
+    assert trees_equal(before, loaded)  # the first rollout samples from the loaded policy
+    assert not trees_equal(after, before)  # the second from the policy one PPO step produced
     for c in rollouts:  # over both steps' prompt batches
         r0 = expected_reward(setup["model_config"], setup["tokenizer"], before, c["tokens"], c["mask"])
         r1 = expected_reward(setup["model_config"], setup["tokenizer"], after, c["tokens"], c["mask"])
@@ -159,10 +129,10 @@ def test_value_model_initialisation(setup, kind):
         shardings = param_shardings(abstract_reward_params(value_config), mesh, DEFAULT_RULES)
         params = jax.device_get(init(shardings, None))
     if kind == "reward_model":
-        assert _equal(params, rm)
+        assert trees_equal(params, rm)
     else:
         _, lm = load_hf(path)
-        assert _equal(params["decoder"], {k: v for k, v in lm.items() if k != "lm_head"})
+        assert trees_equal(params["decoder"], {k: v for k, v in lm.items() if k != "lm_head"})
         assert params["score"]["kernel"].shape == (mc.hidden_size, 1)
 
 
