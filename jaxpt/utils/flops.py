@@ -30,15 +30,7 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
     """FLOP/s of a square matmul on the default device: the "peak" that MFU is reported against."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / _best_seconds(jax.jit(lambda x: x @ x), jnp.ones((n, n), dtype), repeats)
 
 
 def decode_bytes_per_step(config: ModelConfig, batch: int, cache_length: int) -> int:
@@ -62,11 +54,15 @@ def measure_read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes/s of a jitted sum over a ``megabytes`` float32 array on the default device: the peak MBU is
     reported against (as ``measure_matmul_peak`` is for MFU). Choose an array larger than the caches."""
     x = jnp.ones((megabytes * 2**20 // 4 // 256, 256), jnp.float32)
-    f = jax.jit(jnp.sum)
+    return x.nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats)
+
+
+def _best_seconds(f, x, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``f(x)`` after one untimed (compiling) call."""
     f(x).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         f(x).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return x.nbytes / best
+    return best
