@@ -16,7 +16,9 @@ component (``reward/<name>``). Kinds:
   ``*ForSequenceClassification`` directory or an RM run (``path``: the run's ``export/`` is used), scoring
   ``prompt + completion (+ EOS if the completion finished)`` tokenised as the preference data is
   (``jaxpt/data/preference.py``), i.e. exactly as the reward model was trained. ``max_length`` (tokens kept,
-  from the end), ``batch_size`` (rows per forward; 0 = all), ``shift``/``scale`` (``(r + shift) * scale``).
+  from the end), ``batch_size`` (rows per forward; 0 = all), ``shift``/``scale`` (``(r + shift) * scale``),
+  ``chat`` (string prompts scored as one user message through the chat template, e.g. when the reward model
+  learned on conversations and ``rollout.chat`` renders the prompts so; otherwise a prompt's type decides).
 - ``python``: any importable ``fn="package.module:function"`` called as ``function(prompts, completions,
   records)`` (plus ``finished=`` if it accepts it) returning one float per completion.
 
@@ -284,6 +286,7 @@ def reward_model_reward(
     shift: float = 0.0,
     scale: float = 1.0,
     dtype: str = "",
+    chat: bool = False,
     *,
     tokenizer: Any = None,
     mesh: Any = None,
@@ -297,6 +300,7 @@ def reward_model_reward(
         dtype=dtype or None,
         max_length=max_length,
         batch_size=batch_size,
+        chat=True if chat else None,
     )
 
     def fn(x: RewardInput) -> np.ndarray:

@@ -182,3 +182,9 @@ def test_every_scorer_gives_one_text_one_score(reward_model_run):
     np.testing.assert_allclose(evaluated.score(prompts, completions), _direct_scores(config, params, done), atol=1e-5)
     with pytest.raises(ValueError, match="finished flags"):
         evaluated.score(prompts, completions, finished[:2])
+    # chat=True: string prompts are scored as the one-message conversations they were rendered as
+    as_chat = build_rewards([{"kind": "reward_model", "path": path, "max_length": width, "chat": True}])
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    chat_scores = as_chat(_input(prompts, completions, finished=finished))[0]
+    np.testing.assert_allclose(chat_scores, rl(_input(messages, completions, finished=finished))[0], atol=1e-6)
+    assert not np.allclose(chat_scores, want, atol=1e-3)  # and not as plain text
