@@ -123,3 +123,29 @@ def test_generation_with_rematerialised_blocks_equals_plain(tiny_model):
     remat = generate(dataclasses.replace(config, remat="full"), params, prompt, mask, jax.random.key(0), sampling)
     np.testing.assert_array_equal(np.asarray(remat.tokens), np.asarray(plain.tokens))
     np.testing.assert_allclose(np.asarray(remat.logprobs), np.asarray(plain.logprobs), atol=1e-5)
+
+
+def test_rows_stop_at_eos_and_short_generations(tiny_model):
+    """Greedy runs cut by EOS (every row stopping before max_new_tokens ends the loop early) and one-token runs
+    agree with the uncut run: same tokens and log-probs up to each row's EOS, padding and zeros after."""
+    config, params = tiny_model
+    prompt = jnp.array([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]], jnp.int32)
+    mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], jnp.int32)
+    key = jax.random.key(0)
+    full = generate(config, params, prompt, mask, key, SamplingConfig(max_new_tokens=6, temperature=0.0))
+    tokens, logps = np.asarray(full.tokens), np.asarray(full.logprobs)
+    assert (np.asarray(full.lengths) == 6).all()
+    eos = (int(tokens[0, 1]), int(tokens[1, 2]))  # row 0 stops by column 1, row 1 by column 2
+    cut = generate(
+        config, params, prompt, mask, key, SamplingConfig(max_new_tokens=6, temperature=0.0, eos_token_ids=eos)
+    )
+    for row in range(2):
+        stop = next(i for i in range(6) if int(tokens[row, i]) in eos) + 1
+        assert int(cut.lengths[row]) == stop and np.asarray(cut.mask)[row].tolist() == [1] * stop + [0] * (6 - stop)
+        np.testing.assert_array_equal(np.asarray(cut.tokens)[row, :stop], tokens[row, :stop])
+        assert (np.asarray(cut.tokens)[row, stop:] == 0).all() and (np.asarray(cut.logprobs)[row, stop:] == 0).all()
+        np.testing.assert_allclose(np.asarray(cut.logprobs)[row, :stop], logps[row, :stop], atol=1e-5)
+    one = generate(config, params, prompt, mask, key, SamplingConfig(max_new_tokens=1, temperature=0.0))
+    np.testing.assert_array_equal(np.asarray(one.tokens), tokens[:, :1])
+    np.testing.assert_allclose(np.asarray(one.logprobs), logps[:, :1], atol=1e-5)
+    assert np.asarray(one.lengths).tolist() == [1, 1]

@@ -100,7 +100,7 @@ def case_generate(args) -> list[dict]:
     # one new token = the prefill and one decode step: the rest of the run is n - 1 decode steps
     prefill = timeit(run(1), args.repeats)["median_s"]
     step_s = (stats["median_s"] - prefill) / (n - 1)
-    step_bytes = decode_bytes_per_step(config, b, p + n)
+    step_bytes = decode_bytes_per_step(config, b, p + n - 1)  # the sampler's cache: the last token is not fed
     read_bw = measure_read_bandwidth()
     decode = dict(
         prefill_s=prefill, decode_step_ms=step_s * 1e3, decode_bytes_mb=step_bytes / 2**20,

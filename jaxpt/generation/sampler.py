@@ -127,20 +127,16 @@ def generate(
     n = sampling.max_new_tokens
     prompt_mask = prompt_mask.astype(jnp.int32)
     positions = positions_from_mask(prompt_mask)
-    cache = init_cache(config, b, p + n)
+    cache = init_cache(config, b, p + n - 1)  # the last new token is never fed back
     logits, cache = model.apply(
         {"params": params}, prompt_tokens, positions, prompt_mask, cache=cache, cache_index=0, last_logits_only=True
     )
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
     uniforms = jax.random.uniform(rng, (n, b))  # drawn up front: no PRNG work inside the decode loop
 
-    def cond(state):
-        step, done = state[0], state[5]
-        return (step < n) & ~jnp.all(done)
-
-    def body(state):
-        step, last_logits, cache, pos, out, done, lengths = state
-        token, logp = sample_token(last_logits, uniforms[step], sampling)
+    def emit(step, logits, out, done, lengths):
+        """Samples column ``step`` from ``logits``; rows already done emit padding."""
+        token, logp = sample_token(logits, uniforms[step], sampling)
         token = jnp.where(done, sampling.pad_token_id, token).astype(jnp.int32)
         logp = jnp.where(done, 0.0, logp)
         tokens, logps = out
@@ -148,9 +144,18 @@ def generate(
             lax.dynamic_update_slice(tokens, token[:, None], (0, step)),
             lax.dynamic_update_slice(logps, logp[:, None], (0, step)),
         )
-        lengths = lengths + (~done).astype(jnp.int32)
+        return token, out, done | jnp.isin(token, eos), lengths + (~done).astype(jnp.int32)
+
+    # The loop samples a token and feeds it back; the last token is sampled after it, with no forward pass
+    # whose logits nobody would read.
+    def cond(state):
+        step, done = state[0], state[5]
+        return (step < n - 1) & ~jnp.all(done)
+
+    def body(state):
+        step, last_logits, cache, pos, out, done, lengths = state
         segment = (~done).astype(jnp.int32)[:, None]
-        done = done | jnp.isin(token, eos)
+        token, out, done, lengths = emit(step, last_logits, out, done, lengths)
         logits, cache = model.apply(
             {"params": params}, token[:, None], pos[:, None], segment, cache=cache, cache_index=p + step
         )
@@ -165,6 +170,7 @@ def generate(
         jnp.zeros((b,), bool),
         jnp.zeros((b,), jnp.int32),
     )
-    _, _, _, _, (tokens, logprobs), _, lengths = lax.while_loop(cond, body, state)
+    step, last_logits, _, _, out, done, lengths = lax.while_loop(cond, body, state)
+    _, (tokens, logprobs), _, lengths = emit(step, last_logits, out, done, lengths)
     mask = (jnp.arange(n)[None, :] < lengths[:, None]).astype(jnp.int32)
     return Generation(tokens, logprobs, lengths, mask)
