@@ -184,7 +184,7 @@ class RewardModelScorer:
 
     The one scorer of the code base: RL's ``reward_model`` reward, ``jaxpt eval``'s reward metrics and data
     generation's ``rm_score`` all use it, so one text gets one score. ``chat=True`` renders string prompts as
-    one user message; by default the prompt's type decides (as for the preference data the model learned on).
+    one user message; message lists always go through the chat template.
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class RewardModelScorer:
         mesh: Any = None,
         max_length: int = 512,
         batch_size: int = 0,
-        chat: bool | None = None,
+        chat: bool = False,
     ):
         from jaxpt.models.reward import ScalarHeadModel
 
@@ -251,12 +251,17 @@ class RewardModelScorer:
         if len(finished) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(finished)} finished flags")
         rows = [self.tokenize(p, c, bool(f)) for p, c, f in zip(prompts, completions, finished, strict=True)]
+        empty = [i for i, r in enumerate(rows) if not r]
+        if empty:
+            raise ValueError(f"pairs {empty[:5]} tokenise to nothing: there is no last token to score")
         n = len(rows)
+        if n == 0:
+            return np.zeros((0,), np.float32)
         chunk = self.batch_size or n
         if self.mesh is not None:  # rows split over the batch axes of the mesh
             k = int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]))
             chunk = -(-chunk // k) * k
-        width = max(max((len(r) for r in rows), default=1), 1)
+        width = max(len(r) for r in rows)
         width = min(-(-width // 64) * 64, self.max_length)  # few distinct shapes, few compiles
         pad = self.tokenizer.pad_token_id or 0
         out = []
@@ -275,7 +280,7 @@ class RewardModelScorer:
                 arrays = [jax.device_put(a, batch_sharding(self.mesh)) for a in arrays]
             scores = np.asarray(jax.device_get(self._apply(self.params, *arrays)), np.float32)
             out.append(scores[: len(part)])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        return np.concatenate(out)
 
 
 @register_reward("reward_model")
@@ -300,7 +305,7 @@ def reward_model_reward(
         dtype=dtype or None,
         max_length=max_length,
         batch_size=batch_size,
-        chat=True if chat else None,
+        chat=chat,
     )
 
     def fn(x: RewardInput) -> np.ndarray:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.data.preference import encode_scored
 from jaxpt.data.sft import tokenize_example
 from jaxpt.evaluation import evaluate as ev
 from jaxpt.evaluation.metrics import compute_generation_metrics, win_rate
@@ -164,15 +165,12 @@ def test_reward_model_scores_and_win_rate(model, rm_dir):
     comps = [r["completion"] for r in RECORDS]
     got = scorer.score(prompts, comps)
     # Batched scores equal the per-token values of one causal forward, read at each example's last token.
-    examples = [
-        tokenize_example({"prompt": p, "completion": c}, rm.tokenizer, "prompt_completion", 24)
-        for p, c in zip(prompts, comps, strict=True)
-    ]
-    tokens = np.zeros((len(examples), 24), np.int32)
-    for i, ex in enumerate(examples):
-        tokens[i, : len(ex["tokens"])] = ex["tokens"]
+    rows = [encode_scored(rm.tokenizer, p, c, 24) for p, c in zip(prompts, comps, strict=True)]
+    tokens = np.zeros((len(rows), 24), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
     values = jax.jit(lambda t: ScalarHeadModel(rm.config).apply({"params": rm.params}, t, per_token=True))(tokens)
-    want = [float(values[i, len(ex["tokens"]) - 1]) for i, ex in enumerate(examples)]
+    want = [float(values[i, len(r) - 1]) for i, r in enumerate(rows)]
     np.testing.assert_allclose(got, want, atol=1e-5)
 
     cfg = _cfg(likelihood=dict(enabled=False), reward=dict(model=rm_dir, seq_len=24, batch_size=4))

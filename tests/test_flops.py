@@ -21,7 +21,9 @@ LLAMA = dict(
 GPT2 = dict(model_type="gpt2", vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64)
 
 
-@pytest.mark.parametrize("param_dtype,dtype", [("float32", "float32"), ("bfloat16", "bfloat16")])
+@pytest.mark.parametrize(
+    "param_dtype,dtype", [("float32", "float32"), ("bfloat16", "bfloat16"), ("float32", "bfloat16")]
+)
 def test_decode_bytes_llama_untied(param_dtype, dtype):
     config = ModelConfig.from_hf(LLAMA, param_dtype=param_dtype, dtype=dtype)
     e, m, v, h, kv, d, layers = 32, 48, 96, 4, 2, 8, 2
@@ -29,8 +31,9 @@ def test_decode_bytes_llama_untied(param_dtype, dtype):
     weights = layers * per_layer + e + e * v  # + final norm + LM head; the embedding table is only looked up
     batch, slots = 3, 20
     cache = 2 * layers * batch * kv * d * slots  # keys and values
-    size = 2 if param_dtype == "bfloat16" else 4
-    expected = weights * size + cache * size + batch * slots * 4  # + the cache's int32 segment ids
+    weight_size = 2 if param_dtype == "bfloat16" else 4
+    cache_size = 2 if dtype == "bfloat16" else 4  # the cache holds keys and values in the compute dtype
+    expected = weights * weight_size + cache * cache_size + batch * slots * 4  # + its int32 segment ids
     assert decode_bytes_per_step(config, batch, slots) == expected
 
 
@@ -47,5 +50,5 @@ def test_decode_bytes_gpt2_tied_learned_positions():
 
 
 def test_read_bandwidth_is_a_rate():
-    bw = measure_read_bandwidth(megabytes=4, repeats=2)
-    assert math.isfinite(bw) and bw > 1e8  # bytes/s: any machine reads 4 MB in well under 40 ms
+    bw = measure_read_bandwidth(mib=4, repeats=2)
+    assert math.isfinite(bw) and bw > 1e8  # bytes/s: any machine reads 4 MiB in well under 40 ms

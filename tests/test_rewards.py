@@ -182,6 +182,7 @@ def test_every_scorer_gives_one_text_one_score(reward_model_run):
     np.testing.assert_allclose(evaluated.score(prompts, completions), _direct_scores(config, params, done), atol=1e-5)
     with pytest.raises(ValueError, match="finished flags"):
         evaluated.score(prompts, completions, finished[:2])
+    assert evaluated.score([], []).shape == (0,)
     # chat=True: string prompts are scored as the one-message conversations they were rendered as
     as_chat = build_rewards([{"kind": "reward_model", "path": path, "max_length": width, "chat": True}])
     messages = [[{"role": "user", "content": p}] for p in prompts]

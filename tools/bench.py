@@ -97,13 +97,13 @@ def case_generate(args) -> list[dict]:
         return lambda: jax.block_until_ready(generate(config, params, prompt, mask, key, sampling))
 
     stats = timeit(run(n), args.repeats)
-    # one new token = the prefill and one decode step: the rest of the run is n - 1 decode steps
+    # one new token = the prefill and one sampled token; each further token is one decode step
     prefill = timeit(run(1), args.repeats)["median_s"]
     step_s = (stats["median_s"] - prefill) / (n - 1)
     step_bytes = decode_bytes_per_step(config, b, p + n - 1)  # the sampler's cache: the last token is not fed
     read_bw = measure_read_bandwidth()
     decode = dict(
-        prefill_s=prefill, decode_step_ms=step_s * 1e3, decode_bytes_mb=step_bytes / 2**20,
+        prefill_s=prefill, decode_step_ms=step_s * 1e3, decode_bytes_mib=step_bytes / 2**20,
         decode_gb_per_s=step_bytes / step_s / 1e9, read_gb_per_s=read_bw / 1e9, mbu=step_bytes / step_s / read_bw,
     )
     rows = [dict(case="generate", impl="jaxpt", new_tokens_per_s=b * n / stats["median_s"], **stats, **decode)]
@@ -197,23 +197,36 @@ def case_sft(args) -> list[dict]:
             )
         )
     if args.reference:
-        def default_step() -> float:  # the default variant, timed step by step between TRL's steps
-            start = time.perf_counter()
-            runs[0]()
-            return time.perf_counter() - start
-
-        trl_row, ours = _trl_sft(config, params, b, t, max(3, args.repeats), between=default_step)
-        label = rows[0]["impl"]
-        rows.append(trl_row)
-        med = statistics.median(ours)
-        rows.append(
-            dict(
-                case="sft", impl=f"{label}, interleaved with the TRL steps", tokens_per_s=b * t / med,
-                median_s=med, min_s=min(ours), max_s=max(ours), repeats=len(ours),
-                ratio_to_trl=trl_row["median_s"] / med,
-            )
-        )
+        trl_row, ours = _trl_sft(config, params, b, t, max(3, args.repeats), between=timed(runs[0]))
+        rows += [trl_row, interleaved_row(f"{rows[0]['impl']}, interleaved with the TRL steps", trl_row, ours, b * t)]
     return rows
+
+
+def timed(run: Callable[[], object]) -> Callable[[], float]:
+    """``run`` as a callable that returns its own duration: our step, for ``time_trainer``'s ``between``."""
+
+    def call() -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    return call
+
+
+def interleaved_row(impl: str, trl_row: dict, ours: list[float], items_per_step: int) -> dict:
+    """The row of our steps timed between TRL's (same throughput key as ``trl_row``), with ``ratio_to_trl``."""
+    med = statistics.median(ours)
+    key = next(k for k in trl_row if k.endswith("_per_s"))
+    return {
+        "case": trl_row["case"],
+        "impl": impl,
+        key: items_per_step / med,
+        "median_s": med,
+        "min_s": min(ours),
+        "max_s": max(ours),
+        "repeats": len(ours),
+        "ratio_to_trl": trl_row["median_s"] / med,
+    }
 
 
 def time_trainer(trainer, between: Callable[[], float] | None = None) -> tuple[dict, list[float]]:
@@ -341,7 +354,7 @@ def print_table(rows: list[dict]) -> None:
         if "mbu" in r:
             print(
                 f"|  | (prefill {r['prefill_s']:.3f} s; decode step {r['decode_step_ms']:.2f} ms reading "
-                f"{r['decode_bytes_mb']:.1f} MB of weights + KV cache: {r['decode_gb_per_s']:.1f} GB/s, "
+                f"{r['decode_bytes_mib']:.1f} MiB of weights + KV cache: {r['decode_gb_per_s']:.1f} GB/s, "
                 f"MBU {r['mbu']:.0%} of {r['read_gb_per_s']:.1f} GB/s measured) |  |  |  |  |  |"
             )
         if "ratio_to_trl" in r:

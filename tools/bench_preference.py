@@ -29,9 +29,7 @@ on the same weights (exported as ``LlamaForSequenceClassification``), with the s
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PAIRS, PROMPT, COMPLETION, BETA, LR = 8, 128, 128, 0.1, 1e-6
+INTERLEAVED = "jaxpt, interleaved with the TRL steps"
 
 
 def _bench():
@@ -216,31 +215,6 @@ def _trl_row(config, params, repeats: int, between=None) -> tuple[dict, list[flo
     return _time_trainer(trainer, "dpo", between)
 
 
-def _interleaved_row(case: str, trl_row: dict, ours: list[float]) -> dict:
-    med = statistics.median(ours)
-    return dict(
-        case=case,
-        impl="jaxpt, interleaved with the TRL steps",
-        pairs_per_s=PAIRS / med,
-        median_s=med,
-        min_s=min(ours),
-        max_s=max(ours),
-        repeats=len(ours),
-        ratio_to_trl=trl_row["median_s"] / med,
-    )
-
-
-def _timed(run):
-    """``run`` as a callable that returns its own duration (for ``between``)."""
-
-    def timed() -> float:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
-
-    return timed
-
-
 def case_dpo(args) -> list[dict]:
     """DPO step on bench-small: 8 pairs x (128 + 128) tokens, reference forward in the step, f32, AdamW."""
     from jaxpt.models.decoder import init_params
@@ -253,9 +227,9 @@ def case_dpo(args) -> list[dict]:
     batch = preference_batch(pairs, shared_prompt=False)  # the torch step's [2B, T] rows
     if args.reference:
         rows.append(_torch_row(config, params, batch, max(3, args.repeats)))
-        trl = _trl_row(config, params, max(3, args.repeats), between=_timed(runs[0]))
+        trl = _trl_row(config, params, max(3, args.repeats), between=bench.timed(runs[0]))
         if trl is not None:
-            rows += [trl[0], _interleaved_row("dpo", *trl)]
+            rows += [trl[0], bench.interleaved_row(INTERLEAVED, *trl, PAIRS)]
     return rows
 
 
@@ -285,9 +259,9 @@ def case_rm(args) -> list[dict]:
     stats = bench.timeit(run, args.repeats)
     rows = [dict(case="rm", impl="jaxpt", pairs_per_s=PAIRS / stats["median_s"], **stats)]
     if args.reference:
-        trl = _trl_rm_row(config, params, max(3, args.repeats), between=_timed(run))
+        trl = _trl_rm_row(config, params, max(3, args.repeats), between=bench.timed(run))
         if trl is not None:
-            rows += [trl[0], _interleaved_row("rm", *trl)]
+            rows += [trl[0], bench.interleaved_row(INTERLEAVED, *trl, PAIRS)]
     return rows
 
 

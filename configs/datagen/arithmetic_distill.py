@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             verifier=True,  # each prompt's skill verifier -> `correct`
             batch_size=256,  # rows per reward / judge batch (and per resumable shard)
             reward_model="",  # a reward model dir -> `rm_score`
-            reward_seq_len=64,
+            reward_seq_len=64,  # prompt + completion tokens it reads, kept from the end
             judge="",  # "teacher" (self-judged) or a model path -> `judge_score`
             judge_criteria=("correctness",),
             judge_template="",  # '' = jaxpt.evaluation.evaluate.JUDGE_TEMPLATE

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             strip=True,
         )
     )
+    # seq_len: tokens of prompt + completion the reward model reads, kept from the end (jaxpt.rewards scorer)
     c.reward = ConfigDict(
         dict(model="", tokenizer="", reference="", reference_key="completion", seq_len=64, batch_size=64)
     )

@@ -59,27 +59,27 @@ def encode_scored(
     completion: str,
     max_length: int,
     finished: bool = True,
-    chat: bool | None = None,
+    chat: bool = False,
 ) -> list[int]:
-    """``prompt + completion`` token ids as a reward model reads them, tokenised like the pairs it was trained on
-    (:func:`tokenize_pair`).
+    """``prompt + completion`` token ids as a reward model reads them: written as :func:`tokenize_pair` writes
+    the pairs it learns on, cut differently when too long.
 
-    A conversation (or a string prompt with ``chat=True``, wrapped as one user message) goes through the chat
+    A conversation (or, with ``chat=True``, a string prompt wrapped as one user message) goes through the chat
     template and the completion ends with the template's end-of-turn tokens; a plain-text prompt follows the
     tokenizer's special prefix and the completion ends with EOS. A completion that did not finish (cut at
     ``max_new_tokens``) gets neither: it is scored as the unfinished text it is. Over ``max_length`` tokens the
-    *beginning* is dropped, because the score is read at the last token, which must be the completion's end.
-    Every scorer (RL rewards, ``jaxpt eval``, data generation) tokenises through here, so one text gets one
-    score.
+    *beginning* is dropped (training pairs keep the prompt's end and cut the completion's), because the score is
+    read at the last token, which must be the completion's end. Every scorer (RL rewards, ``jaxpt eval``, data
+    generation) tokenises through here, so one text gets one score.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    if chat is None:
-        chat = is_messages(prompt)
-    if chat:
+    if chat or is_messages(prompt):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        prompt_ids, completion_ids = encode_chat_completion(tokenizer, messages, completion)
-        if not finished:  # an unfinished reply gets no end-of-turn tokens
+        if finished:
+            prompt_ids, completion_ids = encode_chat_completion(tokenizer, messages, completion)
+        else:  # an unfinished reply gets no end-of-turn tokens
+            prompt_ids = encode_prompt(tokenizer, messages, chat=True)
             completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     else:
         prompt_ids = encode_prompt(tokenizer, prompt, chat=False)

@@ -235,9 +235,8 @@ def reward_scorer(
     """A :class:`jaxpt.rewards.RewardModelScorer` for a loaded scalar-head model: the RL reward's scorer, so
     eval, data generation and RL give one text one score. Its ``score(prompts, completions, finished)`` reads
     each pair at its last token; ``chat=True`` renders string prompts as one user message."""
-    chat_mode = True if chat else None  # otherwise the prompt's type decides
     return RewardModelScorer(
-        model.config, model.params, model.tokenizer, max_length=seq_len, batch_size=batch_size, chat=chat_mode
+        model.config, model.params, model.tokenizer, max_length=seq_len, batch_size=batch_size, chat=chat
     )
 
 

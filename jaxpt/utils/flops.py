@@ -50,10 +50,10 @@ def decode_bytes_per_step(config: ModelConfig, batch: int, cache_length: int) ->
     return int(weights + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
 
 
-def measure_read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """Bytes/s of a jitted sum over a ``megabytes`` float32 array on the default device: the peak MBU is
+def measure_read_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes/s of a jitted sum over a ``mib`` MiB float32 array on the default device: the peak MBU is
     reported against (as ``measure_matmul_peak`` is for MFU). Choose an array larger than the caches."""
-    x = jnp.ones((megabytes * 2**20 // 4 // 256, 256), jnp.float32)
+    x = jnp.ones((mib * 2**20 // 4 // 256, 256), jnp.float32)
     return x.nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats)
 
 
