@@ -29,7 +29,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from jaxpt.data.sft import Batch, EpochIterator, load_records
-from jaxpt.data.tokenizer import as_assistant_messages, encode_chat_completion, encode_prompt, is_messages
+from jaxpt.data.tokenizer import encode_prompt_completion, is_messages
 
 Pair = dict[str, np.ndarray]  # prompt_ids, chosen_ids, rejected_ids (int32)
 
@@ -74,20 +74,7 @@ def encode_scored(
     """
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    if chat or is_messages(prompt):
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if finished:
-            prompt_ids, completion_ids = encode_chat_completion(tokenizer, messages, completion)
-        else:  # an unfinished reply gets no end-of-turn tokens
-            prompt_ids = encode_prompt(tokenizer, messages, chat=True)
-            completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = encode_prompt(tokenizer, prompt, chat=False)
-        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
-        if finished:
-            if tokenizer.eos_token_id is None:
-                raise ValueError("tokenizer has no eos token; a finished completion is scored at its EOS")
-            completion_ids.append(int(tokenizer.eos_token_id))
+    prompt_ids, completion_ids = encode_prompt_completion(tokenizer, prompt, completion, chat, finished)
     return (list(prompt_ids) + list(completion_ids))[-max_length:]
 
 
@@ -109,20 +96,10 @@ def tokenize_pair(
     for key in ("chosen", "rejected"):
         if _is_empty(example[key]):
             raise ValueError(f"{where}: empty '{key}' completion")
-    if is_messages(prompt):
-        prompt_ids = None
-        for key in ("chosen", "rejected"):
-            prompt_ids, completions[key] = encode_chat_completion(tokenizer, list(prompt), example[key])
-    elif isinstance(prompt, str):
-        if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos token; completions need one to learn where to stop")
-        prompt_ids = encode_prompt(tokenizer, prompt, chat=False)
-        for key in ("chosen", "rejected"):
-            text = "".join(m["content"] for m in as_assistant_messages(example[key]))
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            completions[key] = list(ids) + [int(tokenizer.eos_token_id)]
-    else:
+    if not (is_messages(prompt) or isinstance(prompt, str)):
         raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
+    for key in ("chosen", "rejected"):
+        prompt_ids, completions[key] = encode_prompt_completion(tokenizer, prompt, example[key])
 
     if max_prompt_length is not None:
         prompt_ids = prompt_ids[len(prompt_ids) - min(len(prompt_ids), max_prompt_length) :]

@@ -20,8 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from jaxpt.data.tokenizer import (
     Messages,
-    encode_chat_completion,
-    encode_prompt,
+    encode_prompt_completion,
     has_generation_markers,
     is_messages,
     render_chat,
@@ -238,14 +237,7 @@ def tokenize_example(
         raise ValueError(f"max_length must be >= 2 (one input and one target), got {max_length}")
     if fmt == "prompt_completion":
         prompt, completion = example["prompt"], example["completion"]
-        if chat or is_messages(prompt):
-            prompt_msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            prompt_ids, completion_ids = encode_chat_completion(tokenizer, prompt_msgs, completion)
-        else:
-            if not isinstance(completion, str):
-                raise ValueError("a plain-text prompt needs a string completion")
-            prompt_ids = encode_prompt(tokenizer, prompt, chat=False)
-            completion_ids = _ids(tokenizer, completion) + [_eos_id(tokenizer)]
+        prompt_ids, completion_ids = encode_prompt_completion(tokenizer, prompt, completion, chat)
         ids = prompt_ids + completion_ids
         prompt_value = 0.0 if completion_only else 1.0
         mask = [prompt_value] * len(prompt_ids) + [1.0] * len(completion_ids)

@@ -219,6 +219,31 @@ def encode_chat_completion(
     return _encode_text(tokenizer, prompt_text), completion_ids
 
 
+def encode_prompt_completion(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | Messages,
+    completion: str | Messages,
+    chat: bool = False,
+    finished: bool = True,
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a prompt and its reply, as SFT examples, preference pairs and reward-model
+    scores write them.
+
+    A conversation (or, with ``chat=True``, a string prompt wrapped as one user message) goes through the chat
+    template (:func:`encode_chat_completion`: the reply ends with the template's end-of-turn tokens); a plain-text
+    prompt follows the tokenizer's special prefix and the reply's text ends with EOS. ``finished=False`` (a
+    generation cut at ``max_new_tokens``): the reply's text alone, without end tokens.
+    """
+    text = "".join(m["content"] for m in as_assistant_messages(completion))
+    if chat or is_messages(prompt):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if finished:
+            return encode_chat_completion(tokenizer, messages, completion)
+        return encode_prompt(tokenizer, messages, chat=True), _encode_text(tokenizer, text)
+    ids = _encode_text(tokenizer, text)
+    return encode_prompt(tokenizer, prompt, chat=False), ids + (_eos(tokenizer) if finished else [])
+
+
 def _eos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos token; completions need one to learn where to stop")
