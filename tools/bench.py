@@ -3,6 +3,7 @@
     python tools/bench.py                 # every case
     python tools/bench.py generate sft    # some cases
     python tools/bench.py sft --no-reference --repeats 10
+    python tools/bench.py generate --no-reference --profile   # + the slowest ops of one traced run
 
 Each case prints one JSON line; a readable table follows. References (transformers' ``generate``, TRL-style
 torch training steps) run in the same process on the same CPU, so ratios are comparable on a noisy machine.
@@ -107,6 +108,11 @@ def case_generate(args) -> list[dict]:
         decode_gb_per_s=step_bytes / step_s / 1e9, read_gb_per_s=read_bw / 1e9, mbu=step_bytes / step_s / read_bw,
     )
     rows = [dict(case="generate", impl="jaxpt", new_tokens_per_s=b * n / stats["median_s"], **stats, **decode)]
+    if args.profile:
+        from jaxpt.utils.profile import profile_ops
+
+        sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_k=0, top_p=1.0, eos_token_ids=())
+        print_profile(profile_ops(generate, config, params, prompt, mask, key, sampling), top=args.profile)
     if args.reference:
         import torch
 
@@ -324,6 +330,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--chunk", type=int, default=0, help="SFT loss block size in tokens (0 = the training default; 2048 = plain)"
     )
+    parser.add_argument(
+        "--profile", type=int, nargs="?", const=25, default=0, metavar="TOP",
+        help="generate: also trace one run with jax.profiler and print its TOP slowest ops (default 25)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.cases) - set(CASES)
     if unknown:
@@ -339,6 +349,19 @@ def main(argv=None) -> None:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
     print_table(rows)
+
+
+def print_profile(ops, top: int) -> None:
+    """The ``top`` slowest source ops of one run (``jaxpt.utils.profile``), and the decode loop's share."""
+    run = sum(o.seconds for o in ops)
+    loop = sum(o.seconds for o in ops if "while/body" in o.op)
+    print(f"\nProfile of one run: {run * 1e3:.1f} ms of ops, of which the decode loop {loop * 1e3:.1f} ms")
+    print("\n| op (layers folded) | calls per run | µs per call | ms per run | share |")
+    print("|---|---|---|---|---|")
+    for o in ops[:top]:
+        per_call = o.seconds / max(o.calls, 1) * 1e6
+        print(f"| `{o.op}` | {o.calls} | {per_call:.1f} | {o.seconds * 1e3:.2f} | {o.seconds / run:.1%} |")
+    print()
 
 
 def print_table(rows: list[dict]) -> None:

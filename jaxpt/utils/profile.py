@@ -1,0 +1,78 @@
+"""Where a jitted function's time goes: per-op device time from a ``jax.profiler`` trace, named by source op.
+
+XLA names each kernel it runs after the HLO instruction it executes (``ynn_fusion.13``); the compiled
+module's text maps those names to the JAX op that made them (``metadata={op_name=...}``), so the table reads
+as model code, ``while/body/Decoder/layers_*/mlp/down/dot_general``, with the layers folded together. This is
+how the decode-step breakdown in ``docs/benchmarks.md`` is measured (``tools/bench.py generate --profile``).
+
+The trace is the Chrome-format ``*.trace.json.gz`` that ``jax.profiler`` writes; on XLA:CPU each executed
+instruction is one event. Events whose name is not an instruction of the module (runtime bookkeeping, or
+kernel names on other backends) keep their own name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]+)"', re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTime:
+    op: str  # source op name, outer ``jit(...)/`` dropped, layer numbers folded to ``layers_*``
+    seconds: float  # summed over the op's calls in one run
+    calls: int  # calls in one run (e.g. once per decode step, per layer)
+
+
+def source_names(hlo_text: str, fold_layers: bool = True) -> dict[str, str]:
+    """HLO instruction name -> the JAX source op it came from, from a compiled module's text."""
+    names = {}
+    for name, op in _INSTRUCTION.findall(hlo_text):
+        op = re.sub(r"^jit\([^)]*\)/", "", op)
+        names[name] = re.sub(r"layers_\d+", "layers_*", op) if fold_layers else op
+    return names
+
+
+def trace_op_times(trace_dir: str, names: dict[str, str], runs: int) -> list[OpTime]:
+    """Per-run time of each source op in the trace under ``trace_dir``, slowest first."""
+    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not files:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: did the profiler write a trace?")
+    with gzip.open(max(files, key=os.path.getmtime)) as f:
+        events = json.load(f)["traceEvents"]
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") != "X" or name not in names:
+            continue
+        seconds[names[name]] += event["dur"] * 1e-6
+        calls[names[name]] += 1
+    rows = [OpTime(op, seconds[op] / runs, calls[op] // runs) for op in seconds]
+    return sorted(rows, key=lambda r: -r.seconds)
+
+
+def profile_ops(jitted: Callable[..., Any], *args: Any, runs: int = 3, fold_layers: bool = True, **kwargs: Any):
+    """Runs ``jitted(*args, **kwargs)`` once to compile, then ``runs`` times under the profiler; returns
+    ``list[OpTime]`` (per run, slowest first) for the instructions of its compiled module."""
+    names = source_names(jitted.lower(*args, **kwargs).compile().as_text(), fold_layers)
+    jax.block_until_ready(jitted(*args, **kwargs))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        try:
+            for _ in range(runs):
+                jax.block_until_ready(jitted(*args, **kwargs))
+        finally:
+            jax.profiler.stop_trace()
+        return trace_op_times(trace_dir, names, runs)
