@@ -57,9 +57,7 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     enc = encode_prompts(tokenizer, prompts, max_length=args.max_prompt_length, chat=args.chat)
     eos = tuple(
-        sorted(
-            {*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
-        )
+        sorted({*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
     )
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
@@ -163,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from jaxpt.utils.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
-    logging.basicConfig(
-        level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)
     return args.func(args, rest)

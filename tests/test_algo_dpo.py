@@ -248,8 +248,15 @@ def test_shared_prompt_layout_with_scanned_rematerialised_layers():
         for lens in [(4, 3, 5), (1, 9, 2), (7, 8, 1), (2, 4, 6)]
     ]
     hf = dict(
-        model_type="qwen3", vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        model_type="qwen3",
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
     )
     config = ModelConfig.from_hf(hf, scan_layers=True, remat="full")
     params = init_params(config, jax.random.key(0))

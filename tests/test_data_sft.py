@@ -242,8 +242,7 @@ def test_make_batch_layout():
 def test_packed_and_unpacked_hold_same_triples():
     rng = np.random.default_rng(0)
     examples = [
-        _example(int(n), first=int(f))
-        for n, f in zip(rng.integers(2, 12, 40), rng.integers(0, 90, 40), strict=True)
+        _example(int(n), first=int(f)) for n, f in zip(rng.integers(2, 12, 40), rng.integers(0, 90, 40), strict=True)
     ]
     packed = make_batch(examples, pack_examples(examples, 16), 16)
     unpacked = make_batch(examples, unpacked_rows(examples), 16)
@@ -327,9 +326,7 @@ def test_build_sft_dataset_messages_and_drops(tmp_path, char_tokenizer, caplog):
     rows = [{"messages": CONVERSATION}, {"messages": [{"role": "user", "content": "hi"}]}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with caplog.at_level("WARNING"):
-        examples = build_sft_dataset(
-            str(path), char_tokenizer, seq_len=128, cache_dir=str(tmp_path / "cache")
-        )
+        examples = build_sft_dataset(str(path), char_tokenizer, seq_len=128, cache_dir=str(tmp_path / "cache"))
     assert len(examples) == 1 and "dropped 1" in caplog.text
     with pytest.raises(ValueError, match="expected"):
         build_sft_dataset([{"foo": "bar"}], char_tokenizer, seq_len=32)
@@ -346,8 +343,6 @@ def test_fallback_search_skips_earlier_messages(fresh_tokenizer):
     ]
     ex = tokenize_example({"messages": conversation}, fresh_tokenizer, "messages", 512)
     text = fresh_tokenizer.decode(ex["tokens"])
-    assert text == (
-        "<bos><|user|>say 2<|end|><|assistant|>2<|end|><|user|>again<|end|><|assistant|>[final] x<|end|>"
-    )
+    assert text == ("<bos><|user|>say 2<|end|><|assistant|>2<|end|><|user|>again<|end|><|assistant|>[final] x<|end|>")
     assert masked_text(fresh_tokenizer, ex) == "2<|end|>[final] x<|end|>"
     assert fresh_tokenizer.decode(ex["tokens"][6]) == "2" and ex["loss_mask"][6] == 0  # the "2" in "say 2"

@@ -72,9 +72,7 @@ def test_chat_template_text(char_tokenizer):
 
 def test_assistant_tokens_mask(char_tokenizer):
     assert has_generation_markers(char_tokenizer)
-    out = char_tokenizer.apply_chat_template(
-        CONVERSATION, return_dict=True, return_assistant_tokens_mask=True
-    )
+    out = char_tokenizer.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
     ids = np.asarray(out["input_ids"])
     mask = np.asarray(out["assistant_masks"], bool)
     assert char_tokenizer.decode(ids[mask]) == "2<|end|><eos>4<|end|><eos>"

@@ -60,9 +60,7 @@ def test_export_refuses_to_overwrite(llama_dir, tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
-    )
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
     with pytest.raises(ValueError, match="unsupported architecture: model_type='mamba'"):
         load_hf(str(tmp_path))
 
@@ -91,9 +89,7 @@ def _rewrite(path, edit):
 
 def test_missing_tensor(llama_dir, tmp_path):
     d = _copy(llama_dir, tmp_path / "m")
-    _rewrite(
-        os.path.join(d, "model.safetensors"), lambda ts: [t for t in ts if "layers.1.mlp.up_proj" not in t[0]]
-    )
+    _rewrite(os.path.join(d, "model.safetensors"), lambda ts: [t for t in ts if "layers.1.mlp.up_proj" not in t[0]])
     with pytest.raises(WeightsError, match=r"missing tensors.*model.layers.1.mlp.up_proj.weight"):
         load_hf(d)
 

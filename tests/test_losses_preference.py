@@ -20,9 +20,7 @@ def np_bt(rc, rr, margin, c):
     return np.mean(-np_logsig(rc - rr - m)) + c * np.mean((rc + rr) ** 2)
 
 
-def np_dpo(
-    pc, pr, rc, rr, loss_type, beta, eps=0.0, lc=None, lr=None, gamma=1.0, ipo_norm=False, orpo_nll=True
-):
+def np_dpo(pc, pr, rc, rr, loss_type, beta, eps=0.0, lc=None, lr=None, gamma=1.0, ipo_norm=False, orpo_nll=True):
     pc, pr = np.float64(pc), np.float64(pr)
     if loss_type == "simpo":
         return np.mean(-np_logsig(beta * pc / lc - beta * pr / lr - gamma))
@@ -93,9 +91,7 @@ CASES = [
 @pytest.mark.parametrize("loss_type,kw", CASES)
 def test_dpo_family_matches_numpy(loss_type, kw):
     pc, pr, ref_c, ref_r, lc, lr = _batch(1)
-    loss, metrics = dpo_loss(
-        pc, pr, ref_c, ref_r, loss_type=loss_type, chosen_lengths=lc, rejected_lengths=lr, **kw
-    )
+    loss, metrics = dpo_loss(pc, pr, ref_c, ref_r, loss_type=loss_type, chosen_lengths=lc, rejected_lengths=lr, **kw)
     want = np_dpo(
         pc,
         pr,
@@ -132,9 +128,7 @@ def test_dpo_family_gradient_signs(loss_type, kw):
         pc, pr = ref_c + 0.5, ref_r - 0.5
 
     def f(a, b):
-        return dpo_loss(
-            a, b, ref_c, ref_r, loss_type=loss_type, chosen_lengths=lc, rejected_lengths=lr, **kw
-        )[0]
+        return dpo_loss(a, b, ref_c, ref_r, loss_type=loss_type, chosen_lengths=lc, rejected_lengths=lr, **kw)[0]
 
     gc, gr = jax.grad(f, argnums=(0, 1))(jnp.asarray(pc), jnp.asarray(pr))
     assert np.all(np.asarray(gc) < 0), (loss_type, gc)
@@ -154,9 +148,9 @@ def test_orpo_stable_near_certain_answers():
     lc = np.array([10.0, 10.0], np.float32)
     pc = np.array([-1e-6, -1e-3], np.float32)  # average log-prob ~ 0: odds -> inf but finite here
     pr = np.array([-20.0, -30.0], np.float32)
-    g = jax.grad(
-        lambda a: dpo_loss(a, pr, loss_type="orpo", beta=0.1, chosen_lengths=lc, rejected_lengths=lc)[0]
-    )(jnp.asarray(pc))
+    g = jax.grad(lambda a: dpo_loss(a, pr, loss_type="orpo", beta=0.1, chosen_lengths=lc, rejected_lengths=lc)[0])(
+        jnp.asarray(pc)
+    )
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -178,6 +172,4 @@ def test_dpo_errors():
 def test_dpo_jits():
     pc, pr, ref_c, ref_r, lc, lr = _batch(5)
     f = jax.jit(lambda *a: dpo_loss(*a, loss_type="sigmoid", beta=0.1)[0])
-    np.testing.assert_allclose(
-        f(pc, pr, ref_c, ref_r), np_dpo(pc, pr, ref_c, ref_r, "sigmoid", 0.1), rtol=1e-5
-    )
+    np.testing.assert_allclose(f(pc, pr, ref_c, ref_r), np_dpo(pc, pr, ref_c, ref_r, "sigmoid", 0.1), rtol=1e-5)

@@ -256,9 +256,7 @@ def test_grpo_gradient_sign_and_on_policy_default():
     g = np.asarray(jax.grad(f)(logp))
     np.testing.assert_allclose(g, -np.asarray(adv)[:, None] * mask / mask.sum(), rtol=1e-5, atol=1e-7)
     # old=None equals passing old = logp.
-    np.testing.assert_allclose(
-        f(logp), grpo_loss(logp, logp, None, adv, mask, loss_type="dapo")[0], rtol=1e-6
-    )
+    np.testing.assert_allclose(f(logp), grpo_loss(logp, logp, None, adv, mask, loss_type="dapo")[0], rtol=1e-6)
     # The KL term pulls logp toward ref: with A = 0 and logp > ref, the gradient is positive.
     ref = logp - 0.5
     gk = jax.grad(lambda lp: grpo_loss(lp, None, ref, jnp.zeros(4), mask, beta=0.1)[0])(logp)

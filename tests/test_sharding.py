@@ -141,13 +141,9 @@ def test_uneven_dim_falls_back_and_is_recorded():
     table = partition_spec_table(param_shardings(abstract, mesh, DEFAULT_RULES, fallbacks=fallbacks))
     assert table["params/w1"] == "[fsdp, tensor]"  # 12 % 4 == 0 and 6 % 2 == 0
     assert table["params/w2"] == "[tensor, None]"
-    assert fallbacks == [
-        "params/w2: dim 1 (embed=1) is not divisible by mesh axes 'fsdp' (size 4); replicated"
-    ]
+    assert fallbacks == ["params/w2: dim 1 (embed=1) is not divisible by mesh axes 'fsdp' (size 4); replicated"]
     fallbacks.clear()
-    table = partition_spec_table(
-        param_shardings(abstract, make_mesh(1, 8, 1), DEFAULT_RULES, fallbacks=fallbacks)
-    )
+    table = partition_spec_table(param_shardings(abstract, make_mesh(1, 8, 1), DEFAULT_RULES, fallbacks=fallbacks))
     assert table["params/w1"] == "[None, tensor]"  # tensor=1 always divides
     assert any("params/w1: dim 0 (embed=12)" in f and "'fsdp' (size 8)" in f for f in fallbacks)
 

@@ -130,9 +130,7 @@ def test_packed_equals_unpacked_per_example(examples):
     unpacked = make_batch(ex, [[0], [1], [2]], 64, 0)
 
     def per_token(batch):
-        logits, _ = Decoder(config).apply(
-            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"]
-        )
+        logits, _ = Decoder(config).apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"])
         return np.asarray(token_logprobs(logits, jnp.asarray(batch["targets"]))) * batch["loss_mask"]
 
     lp_packed, lp_unpacked = per_token(packed), per_token(unpacked)

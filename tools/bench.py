@@ -104,8 +104,12 @@ def case_generate(args) -> list[dict]:
     step_bytes = decode_bytes_per_step(config, b, p + n - 1)  # the sampler's cache: the last token is not fed
     read_bw = measure_read_bandwidth()
     decode = dict(
-        prefill_s=prefill, decode_step_ms=step_s * 1e3, decode_bytes_mib=step_bytes / 2**20,
-        decode_gb_per_s=step_bytes / step_s / 1e9, read_gb_per_s=read_bw / 1e9, mbu=step_bytes / step_s / read_bw,
+        prefill_s=prefill,
+        decode_step_ms=step_s * 1e3,
+        decode_bytes_mib=step_bytes / 2**20,
+        decode_gb_per_s=step_bytes / step_s / 1e9,
+        read_gb_per_s=read_bw / 1e9,
+        mbu=step_bytes / step_s / read_bw,
     )
     rows = [dict(case="generate", impl="jaxpt", new_tokens_per_s=b * n / stats["median_s"], **stats, **decode)]
     if args.profile:
@@ -133,9 +137,7 @@ def case_generate(args) -> list[dict]:
                 )
 
         stats = timeit(ref, max(2, args.repeats // 3))
-        rows.append(
-            dict(case="generate", impl="transformers", new_tokens_per_s=b * n / stats["median_s"], **stats)
-        )
+        rows.append(dict(case="generate", impl="transformers", new_tokens_per_s=b * n / stats["median_s"], **stats))
     return rows
 
 
@@ -198,8 +200,13 @@ def case_sft(args) -> list[dict]:
         mfu = tokens_per_s * train_flops_per_token(config, t) / peak
         rows.append(
             dict(
-                case="sft", impl=label, tokens_per_s=tokens_per_s, mfu=mfu, peak_flops=peak,
-                peak_memory_mb=_peak_memory_mb(), **stats,
+                case="sft",
+                impl=label,
+                tokens_per_s=tokens_per_s,
+                mfu=mfu,
+                peak_flops=peak,
+                peak_memory_mb=_peak_memory_mb(),
+                **stats,
             )
         )
     if args.reference:
@@ -285,9 +292,21 @@ def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[],
     ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
     out = tempfile.mkdtemp()
     cfg = trl.SFTConfig(
-        output_dir=out, per_device_train_batch_size=b, max_length=t, max_steps=repeats + 2, learning_rate=3e-4,
-        lr_scheduler_type="constant", logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, packing=False, optim="adamw_torch", bf16=False, fp16=False,
+        output_dir=out,
+        per_device_train_batch_size=b,
+        max_length=t,
+        max_steps=repeats + 2,
+        learning_rate=3e-4,
+        lr_scheduler_type="constant",
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        packing=False,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
     )
     trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=build_char_tokenizer())
     row, ours = time_trainer(trainer, between)
@@ -318,12 +337,8 @@ def main(argv=None) -> None:
         from jaxpt.utils.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "cases", nargs="*", default=[], help=f"cases to run (default: all): {', '.join(CASES)}"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", default=[], help=f"cases to run (default: all): {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument("--json", help="also append the JSON lines to this file")
@@ -331,7 +346,12 @@ def main(argv=None) -> None:
         "--chunk", type=int, default=0, help="SFT loss block size in tokens (0 = the training default; 2048 = plain)"
     )
     parser.add_argument(
-        "--profile", type=int, nargs="?", const=25, default=0, metavar="TOP",
+        "--profile",
+        type=int,
+        nargs="?",
+        const=25,
+        default=0,
+        metavar="TOP",
         help="generate: also trace one run with jax.profiler and print its TOP slowest ops (default 25)",
     )
     args = parser.parse_args(argv)

@@ -35,9 +35,7 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/arithmetic")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -41,9 +41,7 @@ class AlgorithmParts:
     # that also runs a frozen model's forward, like DPO's reference, counts it here).
     flops_in_batch: Callable[[dict], float] | None = None
     export: Callable[[Any, str], None] | None = None  # (params, out_dir) -> writes a HF checkpoint
-    after_eval: Callable[[Any], dict[str, float]] | None = (
-        None  # params -> extra eval metrics (e.g. sampling)
-    )
+    after_eval: Callable[[Any], dict[str, float]] | None = None  # params -> extra eval metrics (e.g. sampling)
     # Online algorithms (PPO, GRPO): ``rollout(params, frozen, loop_step) -> (minibatches, metrics)`` samples
     # with the *current* params and returns the minibatches of this iteration's updates (one optimizer step
     # each). Offline algorithms leave it None and the loop takes one batch per step from ``train_iter``.

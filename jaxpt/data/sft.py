@@ -44,6 +44,7 @@ def batch_tokens(batch: Batch) -> int:
         return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
     return int(np.sum(batch["segment_ids"] > 0))
 
+
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _EXPECTED = "'messages' (chat), 'prompt' + 'completion', or 'text'"
 
@@ -74,19 +75,14 @@ def load_records(source: str, split: str = "train", cache_dir: str | None = None
                 raise KeyError(f"split {split!r} not in {source!r}; available: {sorted(loaded)}")
             loaded = loaded[split]
         return loaded
-    files = (
-        sorted(glob.glob(source)) if glob.has_magic(source) else ([source] if os.path.isfile(source) else [])
-    )
+    files = sorted(glob.glob(source)) if glob.has_magic(source) else ([source] if os.path.isfile(source) else [])
     if not files:
-        raise FileNotFoundError(
-            f"no dataset found at {source!r} (expected a local file, glob or saved dataset)"
-        )
+        raise FileNotFoundError(f"no dataset found at {source!r} (expected a local file, glob or saved dataset)")
     exts = {os.path.splitext(f)[1].lower() for f in files}
     unknown = exts - set(_BUILDERS)
     if unknown or len({_BUILDERS[e] for e in exts}) != 1:
         raise ValueError(
-            f"cannot load {source!r}: files must share one format among {sorted(_BUILDERS)}, "
-            f"found {sorted(exts)}"
+            f"cannot load {source!r}: files must share one format among {sorted(_BUILDERS)}, found {sorted(exts)}"
         )
     builder = _BUILDERS[exts.pop()]
     return datasets.load_dataset(builder, data_files={split: files}, split=split, cache_dir=cache_dir)
@@ -244,9 +240,7 @@ def tokenize_example(
     elif fmt == "messages":
         messages = example["messages"]
         if not is_messages(messages):
-            raise ValueError(
-                f"'messages' must be a non-empty list of {{role, content}} dicts, got {messages!r}"
-            )
+            raise ValueError(f"'messages' must be a non-empty list of {{role, content}} dicts, got {messages!r}")
         ids, mask = _tokenize_messages(tokenizer, list(messages))
     elif fmt == "text":
         ids = special_prefix(tokenizer) + _ids(tokenizer, example["text"]) + [_eos_id(tokenizer)]
@@ -276,9 +270,7 @@ def build_sft_dataset(
     Examples with nothing in the loss after truncation are dropped (they would only cost compute).
     """
     records = load_records(source, split, cache_dir) if isinstance(source, str | os.PathLike) else source
-    columns = (
-        records.column_names if hasattr(records, "column_names") else (list(records[0]) if records else [])
-    )
+    columns = records.column_names if hasattr(records, "column_names") else (list(records[0]) if records else [])
     if len(records) == 0:
         raise ValueError(f"dataset {source if isinstance(source, str) else '<in memory>'} is empty")
     fmt = fmt or detect_format(columns)
@@ -293,9 +285,7 @@ def build_sft_dataset(
     if dropped:
         log.warning("dropped %d of %d examples with no loss tokens after truncation", dropped, len(records))
     if not examples:
-        raise ValueError(
-            "no usable examples: every example has an empty loss mask (is max_length too small?)"
-        )
+        raise ValueError("no usable examples: every example has an empty loss mask (is max_length too small?)")
     return examples
 
 
@@ -346,9 +336,7 @@ def unpacked_rows(examples: Sequence[Example]) -> list[list[int]]:
     return [[i] for i, ex in enumerate(examples) if len(ex["tokens"]) >= 2]
 
 
-def make_batch(
-    examples: Sequence[Example], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int = 0
-) -> Batch:
+def make_batch(examples: Sequence[Example], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int = 0) -> Batch:
     """Lays out rows (lists of example indices) as a batch dict of ``[len(rows), seq_len]`` arrays."""
     b = len(rows)
     batch = {

@@ -106,11 +106,7 @@ def wrong_answer(answer: int, rng: np.random.Generator) -> int:
             candidate = answer + int(rng.choice([-1, 1]))
         else:
             pos = int(rng.integers(len(digits)))
-            choices = [
-                d
-                for d in "0123456789"
-                if d != digits[pos] and not (pos == 0 and d == "0" and len(digits) > 1)
-            ]
+            choices = [d for d in "0123456789" if d != digits[pos] and not (pos == 0 and d == "0" and len(digits) > 1)]
             candidate = int(digits[:pos] + str(rng.choice(choices)) + digits[pos + 1 :])
         if candidate != answer and candidate >= 0:
             return candidate

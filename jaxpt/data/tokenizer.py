@@ -64,9 +64,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     reaches the loss; tokenizers without one (Llama, GPT-2) therefore simply reuse EOS as pad.
     """
     if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"tokenizer directory not found: {path!r} (only local directories are supported)"
-        )
+        raise FileNotFoundError(f"tokenizer directory not found: {path!r} (only local directories are supported)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -158,18 +156,12 @@ def _encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def render_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool = False
-) -> str:
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool = False) -> str:
     """The chat template's text for ``messages`` (templates write their own BOS, if any)."""
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, chat: bool | None = None
-) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, chat: bool | None = None) -> list[int]:
     """Token ids of a prompt, exactly as training sequences start and generation continues from.
 
     ``chat=None`` infers from the type: a list of messages is rendered with the chat template plus the
@@ -181,9 +173,7 @@ def encode_prompt(
     if chat:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if not is_messages(messages):
-            raise ValueError(
-                f"chat prompt must be a string or a list of {{role, content}} messages, got {prompt!r}"
-            )
+            raise ValueError(f"chat prompt must be a string or a list of {{role, content}} messages, got {prompt!r}")
         return _encode_text(tokenizer, render_chat(tokenizer, messages, add_generation_prompt=True))
     if not isinstance(prompt, str):
         raise ValueError(f"plain-text prompt must be a string, got {type(prompt).__name__}")

@@ -383,8 +383,7 @@ class ComplexityBalance:
             total_w = sum(self.proportions.values())
             w = {lv: self.proportions.get(lv, 0.0) / total_w for lv in counts}
             caps = {
-                lv: counts[lv] if self.max_per_level is None else min(counts[lv], self.max_per_level)
-                for lv in counts
+                lv: counts[lv] if self.max_per_level is None else min(counts[lv], self.max_per_level) for lv in counts
             }
             # Largest total N with floor(w*N) <= cap for every weighted level present in the data.
             wanted = [lv for lv in self.proportions if self.proportions[lv] > 0]

@@ -55,8 +55,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads="
-                f"{self.num_kv_heads}"
+                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}"
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
@@ -201,9 +200,7 @@ def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
     params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
     params.setdefault("rope_type", "default")
     if params["rope_type"] not in ("default", "linear", "llama3"):
-        raise ValueError(
-            f"unsupported rope_type {params['rope_type']!r}; jaxpt supports default, linear, llama3"
-        )
+        raise ValueError(f"unsupported rope_type {params['rope_type']!r}; jaxpt supports default, linear, llama3")
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("partial_rotary_factor != 1 is not supported")
     return params

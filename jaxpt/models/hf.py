@@ -81,9 +81,7 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
             yield name, np.memmap(path, dtype=dtype, mode="r", offset=offset + begin, shape=shape)
 
 
-def write_safetensors(
-    path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]
-):
+def write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]):
     """Writes tensors one at a time; each is produced by its callable only when its bytes are written."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     pos = 0
@@ -349,9 +347,7 @@ def load_hf(
         raise WeightsError(f"unexpected tensors for {config.model_type}: {sorted(unexpected)[:10]}")
     missing = sorted(set(owner) - {n for r in rules if r.ours[0] in flat_params for n in r.hf})
     if missing:
-        raise WeightsError(
-            f"missing tensors in {model_dir}: {missing[:10]}{' …' if len(missing) > 10 else ''}"
-        )
+        raise WeightsError(f"missing tensors in {model_dir}: {missing[:10]}{' …' if len(missing) > 10 else ''}")
     params: dict[str, Any] = {}
     if config.scan_layers:
         _stack_layers(config, flat_params)
@@ -407,9 +403,7 @@ def save_hf(
             if sp not in flat:
                 raise WeightsError(f"params have no leaf {'/'.join(sp)} needed for {rule.hf}")
             leaves.append((flat[sp], i))
-        abstract = [
-            jax.ShapeDtypeStruct(x.shape[1:] if i is not None else x.shape, x.dtype) for x, i in leaves
-        ]
+        abstract = [jax.ShapeDtypeStruct(x.shape[1:] if i is not None else x.shape, x.dtype) for x, i in leaves]
         shapes = jax.eval_shape(lambda *a, r=rule: r.to_hf(jnp, *a), *abstract)
         for j, (name, shape) in enumerate(zip(rule.hf, shapes, strict=True)):
 

@@ -64,9 +64,7 @@ def evaluate(eval_step, params, batches, mesh, frozen, summarize) -> dict[str, f
     return summarize(totals) if totals else {}
 
 
-def train(
-    config: ConfigDict, workdir: str, resume: bool = False, stop_after: int | None = None
-) -> dict[str, Any]:
+def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir", "state"}.
 
     ``stop_after`` ends this invocation after that many loop steps, checkpointing first, as a preemption
@@ -133,9 +131,7 @@ def train(
         logger.advance(start)
         result: dict[str, Any] = {}
         if parts.eval_batches and start == 0:
-            result["eval_before"] = evaluate(
-                jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize
-            )
+            result["eval_before"] = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
             if parts.after_eval:
                 result["eval_before"].update(parts.after_eval(state.params))
             logger.log(0, result["eval_before"], prefix="eval")
@@ -168,13 +164,9 @@ def train(
                     metrics["mfu"] = window_flops / elapsed / peak
                 logger.log(step, metrics)
                 window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
-            is_eval = (
-                parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
-            )
+            is_eval = parts.eval_batches and t.eval_every and (step % t.eval_every == 0 or step == total_steps)
             if is_eval:
-                eval_metrics = evaluate(
-                    jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize
-                )
+                eval_metrics = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)
                 if parts.after_eval and step == total_steps:
                     eval_metrics.update(parts.after_eval(state.params))
                 logger.log(step, eval_metrics, prefix="eval")
@@ -184,9 +176,7 @@ def train(
                 hook_metrics = evaluate_params(model_config, state.params, tokenizer, hook_cfg)
                 logger.log(step, hook_metrics, prefix="eval_hook")
             data_state = {"iterator": parts.train_iter.get_state(), "loop_step": step}
-            ckpt.maybe_save(
-                step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == end
-            )
+            ckpt.maybe_save(step, state, data_state, metrics=eval_metrics if is_eval else None, force=step == end)
         ckpt.wait()
         ckpt.close()
         logger.close()

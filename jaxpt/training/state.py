@@ -21,9 +21,7 @@ class TrainState:
     rng: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
 
 
-def state_shardings(
-    abstract_boxed_params: Any, tx: optax.GradientTransformation, mesh: Mesh, rules: Any
-) -> TrainState:
+def state_shardings(abstract_boxed_params: Any, tx: optax.GradientTransformation, mesh: Mesh, rules: Any) -> TrainState:
     """Shardings for every leaf: optax keeps the logical boxes of the params, so its state follows them."""
     abstract_opt = jax.eval_shape(tx.init, abstract_boxed_params)
     return TrainState(
@@ -34,9 +32,7 @@ def state_shardings(
     )
 
 
-def create_state(
-    params: Any, tx: optax.GradientTransformation, shardings: TrainState, seed: int
-) -> TrainState:
+def create_state(params: Any, tx: optax.GradientTransformation, shardings: TrainState, seed: int) -> TrainState:
     """Puts (host or device) params on their shardings and builds the optimizer state there, in one jit."""
     params = jax.device_put(unbox(params), shardings.params)
 
@@ -51,9 +47,7 @@ def create_state(
     return jax.jit(init, out_shardings=shardings)(params)
 
 
-def abstract_state(
-    shardings: TrainState, abstract_boxed_params: Any, tx: optax.GradientTransformation
-) -> Any:
+def abstract_state(shardings: TrainState, abstract_boxed_params: Any, tx: optax.GradientTransformation) -> Any:
     """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
     params = unbox(abstract_boxed_params)
     shapes = jax.eval_shape(

@@ -17,9 +17,7 @@ import optax
 
 from jaxpt.training.state import TrainState
 
-LossFn = Callable[
-    [Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]
-]
+LossFn = Callable[[Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
 
 def split_micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
@@ -65,9 +63,7 @@ def make_train_step(
                 return (acc, loss_acc + loss_sum, weight_acc + weight), metrics
 
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-            (grads, loss_sum, weight), metrics = jax.lax.scan(
-                body, init, (jnp.arange(grad_accum_steps), micro)
-            )
+            (grads, loss_sum, weight), metrics = jax.lax.scan(body, init, (jnp.arange(grad_accum_steps), micro))
             metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         weight = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
