@@ -24,10 +24,12 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check jaxpt tests tools configs experiments
+	$(VENV)/bin/ruff format --check jaxpt tests tools configs experiments
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check jaxpt tests tools configs experiments
+	$(VENV)/bin/ruff format --check jaxpt tests tools configs experiments
 
 bench: $(VENV)/.test
 	$(PY) tools/bench.py
