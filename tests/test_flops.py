@@ -5,7 +5,7 @@ import math
 import pytest
 
 from jaxpt.models.config import ModelConfig
-from jaxpt.utils.flops import decode_bytes_per_step, measure_read_bandwidth
+from jaxpt.utils.flops import decode_bytes_per_step, measure_read_bandwidth, train_flops_per_token
 
 LLAMA = dict(
     model_type="llama",
@@ -52,3 +52,24 @@ def test_decode_bytes_gpt2_tied_learned_positions():
 def test_read_bandwidth_is_a_rate():
     bw = measure_read_bandwidth(mib=4, repeats=2)
     assert math.isfinite(bw) and bw > 1e8  # bytes/s: any machine reads 4 MiB in well under 40 ms
+
+
+def test_train_flops_count_the_vocabulary_projection_once():
+    """MaxText's count: 6 FLOPs per matmul weight per token (forward + backward) plus causal attention; an
+    untied input embedding is only looked up, so the untied and tied models cost the same."""
+    e, m, v, h, d, layers, seq = 32, 48, 96, 4, 8, 2, 64
+    per_layer = e * h * d + 2 * e * 2 * d + h * d * e + 3 * e * m + 2 * e  # q, k, v (2 KV heads), o, MLP, norms
+    attention = 6 * layers * seq * h * d
+    expected = 6 * (layers * per_layer + e + e * v) + attention  # + final norm + the vocabulary projection
+    untied = ModelConfig.from_hf(LLAMA)
+    tied = ModelConfig.from_hf({**LLAMA, "tie_word_embeddings": True})
+    assert train_flops_per_token(untied, seq) == expected
+    assert train_flops_per_token(tied, seq) == expected
+
+
+def test_train_flops_leave_out_learned_positions():
+    config = ModelConfig.from_hf(GPT2)
+    e, m, v, layers, seq = 32, 4 * 32, 96, 2, 64
+    per_layer = 4 * e * e + 2 * e * m + 2 * e  # q, k, v, o; fc and down; the count's two norm scales
+    expected = 6 * (layers * per_layer + e + v * e) + 6 * layers * seq * 4 * 8  # the tied table is the head
+    assert train_flops_per_token(config, seq) == expected

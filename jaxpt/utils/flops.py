@@ -1,8 +1,10 @@
 """FLOP and byte accounting with measured peaks: MFU for training steps, MBU for decoding.
 
-Training FLOPs per token follow MaxText's count: ``6 * params`` for the matmuls (forward + backward) plus
-causal attention ``6 * layers * seq_len * heads * head_dim`` (QK^T and AV, forward + backward, halved for
-the causal mask). Embedding lookups are counted in ``params`` as MaxText does; this slightly overstates.
+Training FLOPs per token follow MaxText's count (``calculate_tflops_training_per_device``): ``6 * params``
+for the parameters that take part in a matmul (forward + backward), the vocabulary projection counted once,
+plus causal attention ``6 * layers * seq_len * heads * head_dim`` (QK^T and AV, forward + backward, halved
+for the causal mask). Lookup tables do no matmul: an untied input embedding and learned position tables are
+left out (a tied table is the LM head, counted once). Norm scales and biases are counted; they are tiny.
 
 A decode step is bound by memory traffic rather than FLOPs: model bandwidth utilisation (MBU, as defined in
 Databricks' "LLM Inference Performance Engineering", 2023) is the bytes a step must read (weights and the KV
@@ -19,9 +21,17 @@ import jax.numpy as jnp
 from jaxpt.models.config import ModelConfig
 
 
+def matmul_params(config: ModelConfig) -> int:
+    """Parameters a token multiplies through: all but the lookup tables (module docstring)."""
+    lookups = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    if config.position_type == "learned":
+        lookups += config.max_position_embeddings * config.hidden_size
+    return config.num_params() - lookups
+
+
 def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     attention = 6 * config.num_layers * seq_len * config.num_heads * config.head_dim
-    return 6.0 * config.num_params() + attention
+    return 6.0 * matmul_params(config) + attention
 
 
 def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
