@@ -13,6 +13,7 @@ from jaxpt.losses.lm import (
     sequence_logprobs,
     token_entropy,
     token_logprobs,
+    top1_correct,
 )
 
 # ---- numpy references (written from the formulas, not from the code under test) ----
@@ -215,3 +216,11 @@ def test_fused_cross_entropy_never_materialises_full_logits_and_takes_bf16():
     l2, _ = fused_cross_entropy(hidden.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), targets, mask, 8)
     assert l2.dtype == jnp.float32
     np.testing.assert_allclose(l2, l1, rtol=3e-2)
+
+
+def test_top1_correct_is_argmax_but_ties_count_wrong():
+    logits, targets, _ = _data(5)
+    np.testing.assert_array_equal(top1_correct(logits, targets), np.asarray(logits).argmax(-1) == targets)
+    tied = np.array([[0.0, 2.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 2.0, 1.0]], np.float32)
+    # argmax would count row 0 right (first of the tie) and row 1 right for target 0; neither is the unique top
+    np.testing.assert_array_equal(top1_correct(tied, np.array([1, 0, 1])), [0.0, 0.0, 1.0])

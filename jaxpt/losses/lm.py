@@ -26,6 +26,20 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
     return picked - lse
 
 
+def top1_correct(logits: Array, targets: Array) -> Array:
+    """1.0 where the target's logit is strictly the highest, else 0.0: ``[..., V], [...] -> [...]`` float32.
+
+    ``argmax == target`` but for ties (wrong here; argmax picks the first index), computed as two plain max
+    reductions: argmax is a (value, index) reduction that XLA:CPU does not vectorise, ~8% of the bench-small
+    SFT step (``docs/benchmarks.md``). All-equal logits, e.g. from a zero-initialised head, score 0.
+    """
+    targets = targets[..., None].astype(jnp.int32)
+    picked = jnp.take_along_axis(logits, targets, axis=-1)[..., 0]
+    vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    others = jnp.max(jnp.where(vocab == targets, -jnp.inf, logits), axis=-1)
+    return (picked > others).astype(jnp.float32)
+
+
 def token_entropy(logits: Array) -> Array:
     """Entropy of the next-token distribution, ``H = logsumexp(z) - sum_v softmax(z)_v z_v``; ``[B, T]``."""
     logits = logits.astype(jnp.float32)
@@ -57,14 +71,14 @@ def cross_entropy_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple
     """Token-mean negative log-likelihood: ``sum(nll * m) / max(sum(m), 1)``.
 
     Returns ``(loss, aux)``; ``aux`` holds ``nll_sum``, ``num_tokens`` (``sum(m)``) and ``correct`` (masked
-    count of ``argmax == target``), so gradient-accumulation code can re-normalise over micro-batches
-    (``nll_sum`` is differentiable).
+    count of tokens whose target has the highest logit, ``top1_correct``), so gradient-accumulation code can
+    re-normalise over micro-batches (``nll_sum`` is differentiable).
     """
     mask = loss_mask.astype(jnp.float32)
     nll = -token_logprobs(logits, targets)
     nll_sum = masked_sum(nll, mask)
     num_tokens = jnp.sum(mask)
-    correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * mask)
+    correct = jnp.sum(top1_correct(logits, targets) * mask)
     loss = nll_sum / jnp.maximum(num_tokens, 1.0)
     aux = {"nll_sum": nll_sum, "num_tokens": num_tokens, "correct": correct}
     return loss, aux
@@ -110,8 +124,7 @@ def chunked_cross_entropy(
         if logit_softcap is not None:
             logits = logit_softcap * jnp.tanh(logits / logit_softcap)
         nll = -token_logprobs(logits, tc)
-        correct = jnp.sum((jnp.argmax(logits, axis=-1) == tc) * mc)
-        return masked_sum(nll, mc), correct
+        return masked_sum(nll, mc), jnp.sum(top1_correct(logits, tc) * mc)
 
     nll_sums, corrects = jax.lax.map(lambda xs: chunk_stats(head_kernel, head_bias, *xs), (h, t, m))
     nll_sum = jnp.sum(nll_sums)
@@ -151,11 +164,14 @@ def fused_cross_entropy(
         def block(d_kernel, xs):
             hc, tc, mc = xs
             logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
-            lse = jax.nn.logsumexp(logits, axis=-1)
+            # one exp pass serves the log-sum-exp and the softmax in the gradient (~2% of the SFT step)
+            top = jnp.max(logits, axis=-1)
+            weights = jnp.exp(logits - top[:, None])
+            total = jnp.sum(weights, axis=-1)
             picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
-            nll = jnp.sum((lse - picked) * mc)
-            correct = jnp.sum((jnp.argmax(logits, axis=-1) == tc) * mc)
-            d_logits = jnp.exp(logits - lse[:, None]) * mc[:, None]
+            nll = jnp.sum((top + jnp.log(total) - picked) * mc)
+            correct = jnp.sum(top1_correct(logits, tc) * mc)
+            d_logits = weights * (mc / total)[:, None]
             d_logits = d_logits - jax.nn.one_hot(tc, vocab, dtype=jnp.float32) * mc[:, None]
             d_h = jnp.dot(d_logits.astype(hc.dtype), kernel.T, preferred_element_type=jnp.float32)
             d_kernel = d_kernel + jnp.dot(
