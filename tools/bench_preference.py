@@ -19,7 +19,7 @@ Rows, all in this process on the same weights and data:
   the same model and equivalent text pairs, step times from a callback after warm-up (TRL projects only
   labelled positions through its fused LM head too);
 - ``jaxpt, interleaved with the TRL steps``: our default step run inside TRL's step-end callback, after TRL's
-  step is timed, so both see the same machine load step by step; its row carries ``ratio_to_trl``.
+  step is timed, so both see the same machine load step by step; its row carries ``ratio_to_reference``.
 
 Throughput is pairs per second (``pairs_per_s``). The ``rm`` case trains a score head on the same pairs with
 the Bradley-Terry loss (``jaxpt.algorithms.reward_model``, shared-prompt batches) against TRL's RewardTrainer
