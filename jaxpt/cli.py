@@ -6,11 +6,13 @@ jaxpt convert --orbax-dir=DIR --hf-dir=OUT            # Orbax params (or a run's
 jaxpt generate --model=DIR --prompt="1+2=" --chat
 jaxpt generate-data --config=configs/datagen/arithmetic_distill.py --output=DIR   # re-run the same to resume
 jaxpt eval --config=configs/eval/arithmetic.py --model=DIR --output=DIR
+jaxpt plan --config=configs/sft/quickstart.py --topology=v5e:4x4 --config.mesh.fsdp=16   # compile only
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -109,6 +111,27 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.config import parse_cli
+    from jaxpt.training.loop import tokenizer_from
+    from jaxpt.training.plan import DoesNotFit, format_plan, plan_sft_step, topology_devices
+
+    config, unknown = parse_cli(rest)
+    if unknown:
+        raise SystemExit(f"jaxpt plan: unrecognised arguments {unknown}")
+    devices = topology_devices(args.topology) if args.topology else None
+    tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
+    try:
+        plan = plan_sft_step(config, devices, tokenizer)
+    except DoesNotFit as e:
+        print(f"does NOT fit: {e}")
+        return 2
+    print(format_plan(plan))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(plan) | {"peak_bytes": plan.peak_bytes, "hbm_bytes": plan.hbm_bytes}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxpt", description="JAX-native LLM post-training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="report dir (report.json, report.md, tensorboard/, …)")
     p.add_argument("--step", type=int, default=None, help="step to record the report at (TensorBoard x-axis)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "plan", help="compile an SFT config's train step for a TPU slice (or this host) and report its memory"
+    )
+    p.add_argument("--topology", default="", help="TPU slice, e.g. v5e:4x4 (needs libtpu); default: this host")
+    p.add_argument("--json", action="store_true", help="also print the plan as one JSON line")
+    p.set_defaults(func=_cmd_plan)
     return parser
 
 

@@ -28,14 +28,13 @@ from jaxpt.sharding import (
     make_mesh,
     normalize_rules,
     param_shardings,
-    replicated,
     shard_batch,
 )
 from jaxpt.training.checkpoint import Checkpointer
 from jaxpt.training.logging import MetricsLogger
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, create_state, state_shardings
-from jaxpt.training.step import make_train_step
+from jaxpt.training.step import jit_train_step, make_train_step
 from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
 from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
 
@@ -94,14 +93,8 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
         shardings = state_shardings(parts.abstract_params, tx, mesh, rules)
         step_fn = make_train_step(parts.loss_fn, tx, schedule, t.grad_accum_steps)
         params_shardings = param_shardings(parts.abstract_params, mesh, rules)
-        data_sharding = batch_sharding(mesh)
-        jit_step = jax.jit(
-            step_fn,
-            in_shardings=(shardings, data_sharding, None),
-            out_shardings=(shardings, replicated(mesh)),
-            donate_argnums=(0,),
-        )
-        jit_eval = jax.jit(parts.eval_fn, in_shardings=(params_shardings, data_sharding, None))
+        jit_step = jit_train_step(step_fn, shardings, mesh)
+        jit_eval = jax.jit(parts.eval_fn, in_shardings=(params_shardings, batch_sharding(mesh), None))
 
         ckpt = Checkpointer(
             os.path.join(workdir, "checkpoints"),

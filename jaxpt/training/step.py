@@ -14,7 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from jaxpt.sharding import batch_sharding, replicated
 from jaxpt.training.state import TrainState
 
 LossFn = Callable[[Any, dict[str, jax.Array], jax.Array, Any], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
@@ -79,3 +81,14 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+def jit_train_step(step: Callable, shardings: TrainState, mesh: Mesh) -> Any:
+    """``step`` jitted as training runs it: the state on its shardings (and donated), the batch split over the
+    data axes, ``frozen`` as given, metrics replicated. ``jaxpt plan`` compiles exactly this ahead of time."""
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh), None),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=(0,),
+    )

@@ -1,0 +1,152 @@
+"""Plan a run on devices you do not have: compile the SFT train step ahead of time and read XLA's estimates.
+
+    jaxpt plan --config=configs/sft/quickstart.py --topology=v5e:4x4 --config.mesh.fsdp=16
+
+Nothing is allocated or run. The train state and the batch are ``ShapeDtypeStruct``s with the shardings
+``jaxpt train`` would give them (the same mesh, logical-axis rules and jitted step, ``jit_train_step``), so
+a step that compiles here compiles the same way on that slice, and XLA's per-device memory (arguments,
+outputs, temporaries) and FLOP estimates say whether it fits before a pod is rented. ``--topology`` names a
+TPU slice (``jax.experimental.topologies``; compiling for it needs libtpu: ``pip install 'jaxpt[tpu]'``);
+without it the plan is for this host's devices.
+
+SFT only: its batch has a fixed layout (``[batch, seq_len]`` arrays); the other algorithms build theirs
+from their data and reference models, which a plan would have to load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from ml_collections import ConfigDict
+
+from jaxpt.algorithms import sft
+from jaxpt.data.sft import make_batch
+from jaxpt.models.decoder import abstract_params
+from jaxpt.models.factory import model_config_from
+from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules
+from jaxpt.training.optimizer import make_optimizer
+from jaxpt.training.state import abstract_state, state_shardings
+from jaxpt.training.step import jit_train_step, make_train_step
+from jaxpt.utils.flops import train_flops_per_token
+
+# Published HBM per chip, by JAX's device_kind (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
+TPU_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """XLA's estimates for one compiled train step, per device."""
+
+    device_kind: str
+    num_devices: int
+    mesh: dict[str, int]
+    num_params: int
+    argument_bytes: int  # train state + batch shard
+    output_bytes: int
+    alias_bytes: int  # outputs written into donated arguments (the state)
+    temp_bytes: int  # activations, gradients and other temporaries
+    flops: float  # per device, XLA's cost analysis of the step
+    model_flops: float  # per device, the count MFU uses (jaxpt.utils.flops): step time = this / (peak * MFU)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments, new outputs and temporaries held at once (an upper bound on the step's live memory)."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def hbm_bytes(self) -> int | None:
+        gib = TPU_HBM_GIB.get(self.device_kind)
+        return None if gib is None else gib * 2**30
+
+
+class DoesNotFit(ValueError):
+    """XLA found the step too large for the devices' memory while compiling it."""
+
+
+def topology_devices(topology: str) -> list[Any]:
+    """The devices of a TPU slice such as ``v5e:4x4`` or ``v4:2x2x2``, for compiling only."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as e:  # libtpu missing, or a name it does not know
+        raise ValueError(
+            f"cannot describe TPU topology {topology!r}: {e}. Names look like 'v5e:4x4' or 'v4:2x2x2'; "
+            "compiling for TPUs needs libtpu (pip install 'jaxpt[tpu]')"
+        ) from e
+
+
+def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, tokenizer: Any = None) -> StepPlan:
+    """Compiles ``config``'s SFT train step for ``devices`` (default: this host's) and returns XLA's estimates.
+
+    ``tokenizer`` only sizes the vocabulary of a from-scratch model (``config.model.scratch``); a model
+    directory's ``config.json`` needs none.
+    """
+    if config.algorithm != "sft":
+        raise ValueError(f"jaxpt plan compiles SFT steps only; config.algorithm is {config.algorithm!r}")
+    m = config.mesh
+    mesh = make_mesh(m.data, m.fsdp, m.tensor, devices)
+    rules = normalize_rules(m.rules)
+    model_config = model_config_from(config.model, tokenizer)
+    b, t = config.train.batch_size, config.data.seq_len
+    chunk = sft.loss_chunk_size(config.train.get("loss_chunk_size", 0), model_config.vocab_size, b * t)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = abstract_params(model_config)
+        tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+        shardings = state_shardings(boxed, tx, mesh, rules)
+        step = make_train_step(sft.make_loss_fn(model_config, chunk), tx, schedule, config.train.grad_accum_steps)
+        # the layout the SFT data iterator makes, with empty rows
+        host_batch = make_batch([], [[] for _ in range(b)], t)
+        batch = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh)) for k, v in host_batch.items()
+        }
+        lowered = jit_train_step(step, shardings, mesh).lower(abstract_state(shardings, boxed, tx), batch, None)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program that cannot fit in HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            mesh_desc = ", ".join(f"{k}={v}" for k, v in zip(MESH_AXES, mesh.devices.shape, strict=True))
+            kind = mesh.devices.flat[0].device_kind
+            raise DoesNotFit(f"the step does not fit on {kind} with mesh {mesh_desc}: {e}") from e
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return StepPlan(
+        device_kind=mesh.devices.flat[0].device_kind,
+        num_devices=mesh.devices.size,
+        mesh=dict(zip(MESH_AXES, mesh.devices.shape, strict=True)),
+        num_params=model_config.num_params(),
+        argument_bytes=int(memory.argument_size_in_bytes),
+        output_bytes=int(memory.output_size_in_bytes),
+        alias_bytes=int(memory.alias_size_in_bytes),
+        temp_bytes=int(memory.temp_size_in_bytes),
+        flops=float((cost or {}).get("flops", 0.0)),
+        model_flops=train_flops_per_token(model_config, t) * b * t / mesh.devices.size,
+    )
+
+
+def format_plan(plan: StepPlan) -> str:
+    """The plan as a few readable lines."""
+
+    def gib(n: int) -> str:
+        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+    mesh = ", ".join(f"{k}={v}" for k, v in plan.mesh.items())
+    lines = [
+        f"devices: {plan.num_devices} x {plan.device_kind}; mesh {mesh}; {plan.num_params / 1e6:,.1f} M parameters",
+        f"per device: arguments {gib(plan.argument_bytes)} (train state + batch), outputs {gib(plan.output_bytes)}"
+        f" ({gib(plan.alias_bytes)} of them in donated buffers), temporaries {gib(plan.temp_bytes)}",
+        f"peak per device: {gib(plan.peak_bytes)}"
+        + (
+            f" of {gib(plan.hbm_bytes)} HBM: {'fits' if plan.peak_bytes <= plan.hbm_bytes else 'does NOT fit'}"
+            if plan.hbm_bytes
+            else ""
+        ),
+        f"FLOPs per device per step: {plan.model_flops:.3e} (the MFU count), {plan.flops:.3e} (XLA's cost analysis)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""``jaxpt plan``: the SFT train step compiled ahead of time for a device list, XLA's memory estimates read
+back and checked against the train state's bytes counted from its shapes (8 CPU devices, conftest.py)."""
+
+import math
+
+import jax
+import pytest
+
+from jaxpt.cli import main
+from jaxpt.config import load_config
+from jaxpt.data.tokenizer import build_char_tokenizer
+from jaxpt.models.decoder import abstract_params
+from jaxpt.models.factory import model_config_from
+from jaxpt.sharding import unbox
+from jaxpt.training import plan as plan_module
+from jaxpt.training.plan import DoesNotFit, StepPlan, format_plan, plan_sft_step, topology_devices
+from jaxpt.utils.flops import train_flops_per_token
+
+CONFIG = "configs/sft/quickstart.py"
+
+
+def _config(data: int, fsdp: int):
+    config = load_config(CONFIG)
+    config.mesh.data, config.mesh.fsdp = data, fsdp
+    config.train.batch_size = 8
+    return config
+
+
+@pytest.fixture(scope="module")
+def plans():
+    tokenizer = build_char_tokenizer()
+    config = _config(8, 1)
+    model_config = model_config_from(config.model, tokenizer)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(unbox(abstract_params(model_config))))
+    return {
+        "data": plan_sft_step(_config(8, 1), tokenizer=tokenizer),
+        "fsdp": plan_sft_step(_config(1, 8), tokenizer=tokenizer),
+        "n_params": n_params,
+        "flops": train_flops_per_token(model_config, config.data.seq_len) * 8 * config.data.seq_len / 8,
+    }
+
+
+def test_fsdp_shards_the_state_that_data_parallelism_replicates(plans):
+    data, fsdp, n = plans["data"], plans["fsdp"], plans["n_params"]
+    state = 3 * 4 * n  # float32 params and AdamW's two moments
+    assert data.num_devices == fsdp.num_devices == 8
+    assert data.mesh == {"data": 8, "fsdp": 1, "tensor": 1} and fsdp.mesh == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert state <= data.argument_bytes < 1.1 * state + 2**20  # the whole state on every device, + the batch
+    assert fsdp.argument_bytes < data.argument_bytes / 6  # an eighth of it (a few small leaves stay whole)
+    # the state is donated: its outputs are written into the arguments' buffers
+    assert data.alias_bytes >= state and fsdp.alias_bytes >= state / 8
+    assert data.peak_bytes >= data.argument_bytes + data.temp_bytes - data.alias_bytes
+    assert data.flops > 0 and data.model_flops == pytest.approx(plans["flops"])
+
+
+def test_format_plan_reports_fit_against_known_hbm():
+    plan = StepPlan(
+        "TPU v5 lite", 16, {"data": 1, "fsdp": 16, "tensor": 1}, 10**9, 2**30, 2**30, 2**30, 8 * 2**30, 1e12, 2e12
+    )
+    text = format_plan(plan)
+    assert "16 x TPU v5 lite" in text and "peak per device: 9.00 GiB of 16.00 GiB HBM: fits" in text
+    over = StepPlan("TPU v5 lite", 16, plan.mesh, 10**9, 2**30, 2**30, 2**30, 20 * 2**30, 1e12, 2e12)
+    assert "does NOT fit" in format_plan(over)
+    assert "HBM" not in format_plan(StepPlan("cpu", 8, plan.mesh, 1, 1, 1, 1, 1, 1.0, 1.0))
+
+
+def test_bad_inputs_are_named():
+    config = _config(8, 1)
+    config.algorithm = "dpo"
+    with pytest.raises(ValueError, match="SFT steps only.*'dpo'"):
+        plan_sft_step(config, tokenizer=build_char_tokenizer())
+    with pytest.raises(ValueError, match="sizes multiply to 6 but there are 8 devices"):
+        plan_sft_step(_config(3, 2), tokenizer=build_char_tokenizer())
+    with pytest.raises(ValueError, match="v9z:1x1"):  # no libtpu here, or an unknown name: either way, named
+        topology_devices("v9z:1x1")
+
+
+def test_cli_prints_the_plan(capsys):
+    assert main(["plan", f"--config={CONFIG}", "--config.mesh.data=1", "--config.mesh.fsdp=8", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "8 x cpu; mesh data=1, fsdp=8, tensor=1" in out and '"num_devices": 8' in out
+
+
+def test_a_step_xla_finds_too_big_is_reported_not_raised(monkeypatch, capsys):
+    """XLA:TPU refuses to compile a program larger than HBM (RESOURCE_EXHAUSTED); the plan says so."""
+
+    class Lowered:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM (21.59G > 15.75G)")
+
+    class Jitted:
+        def lower(self, *args):
+            return Lowered()
+
+    monkeypatch.setattr(plan_module, "jit_train_step", lambda *args: Jitted())
+    with pytest.raises(DoesNotFit, match=r"does not fit on cpu with mesh data=8, fsdp=1, tensor=1: RESOURCE_EXH"):
+        plan_sft_step(_config(8, 1), tokenizer=build_char_tokenizer())
+    assert main(["plan", f"--config={CONFIG}", "--config.mesh.data=8"]) == 2
+    assert "does NOT fit" in capsys.readouterr().out
