@@ -119,13 +119,15 @@ def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     config, unknown = parse_cli(rest)
     if unknown:
         raise SystemExit(f"jaxpt plan: unrecognised arguments {unknown}")
-    devices = topology_devices(args.topology) if args.topology else None
-    tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
     try:
+        devices = topology_devices(args.topology) if args.topology else None
+        tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
         plan = plan_sft_step(config, devices, tokenizer)
     except DoesNotFit as e:
         print(f"does NOT fit: {e}")
         return 2
+    except ValueError as e:  # an unknown topology, a mesh that does not divide the devices, not SFT, ...
+        raise SystemExit(f"jaxpt plan: {e}") from None
     print(format_plan(plan))
     if args.json:
         print(json.dumps(dataclasses.asdict(plan) | {"peak_bytes": plan.peak_bytes, "hbm_bytes": plan.hbm_bytes}))

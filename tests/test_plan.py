@@ -49,19 +49,19 @@ def test_fsdp_shards_the_state_that_data_parallelism_replicates(plans):
     assert fsdp.argument_bytes < data.argument_bytes / 6  # an eighth of it (a few small leaves stay whole)
     # the state is donated: its outputs are written into the arguments' buffers
     assert data.alias_bytes >= state and fsdp.alias_bytes >= state / 8
-    assert data.peak_bytes >= data.argument_bytes + data.temp_bytes - data.alias_bytes
-    assert data.flops > 0 and data.model_flops == pytest.approx(plans["flops"])
+    assert data.temp_bytes > 0 and data.peak_bytes > data.argument_bytes
+    assert data.model_flops == pytest.approx(plans["flops"])  # the MFU count, split over the 8 devices
 
 
 def test_format_plan_reports_fit_against_known_hbm():
     plan = StepPlan(
-        "TPU v5 lite", 16, {"data": 1, "fsdp": 16, "tensor": 1}, 10**9, 2**30, 2**30, 2**30, 8 * 2**30, 1e12, 2e12
+        "TPU v5 lite", 16, {"data": 1, "fsdp": 16, "tensor": 1}, 10**9, 2**30, 2**30, 2**30, 8 * 2**30, 2e12
     )
     text = format_plan(plan)
     assert "16 x TPU v5 lite" in text and "peak per device: 9.00 GiB of 16.00 GiB HBM: fits" in text
-    over = StepPlan("TPU v5 lite", 16, plan.mesh, 10**9, 2**30, 2**30, 2**30, 20 * 2**30, 1e12, 2e12)
+    over = StepPlan("TPU v5 lite", 16, plan.mesh, 10**9, 2**30, 2**30, 2**30, 20 * 2**30, 2e12)
     assert "does NOT fit" in format_plan(over)
-    assert "HBM" not in format_plan(StepPlan("cpu", 8, plan.mesh, 1, 1, 1, 1, 1, 1.0, 1.0))
+    assert "HBM" not in format_plan(StepPlan("cpu", 8, plan.mesh, 1, 1, 1, 1, 1, 1.0))
 
 
 def test_bad_inputs_are_named():
@@ -73,6 +73,8 @@ def test_bad_inputs_are_named():
         plan_sft_step(_config(3, 2), tokenizer=build_char_tokenizer())
     with pytest.raises(ValueError, match="v9z:1x1"):  # no libtpu here, or an unknown name: either way, named
         topology_devices("v9z:1x1")
+    with pytest.raises(SystemExit, match="jaxpt plan: cannot describe TPU topology 'v9z:1x1'"):
+        main(["plan", f"--config={CONFIG}", "--topology=v9z:1x1"])
 
 
 def test_cli_prints_the_plan(capsys):

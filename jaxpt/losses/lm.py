@@ -29,9 +29,9 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 def top1_correct(logits: Array, targets: Array) -> Array:
     """1.0 where the target's logit is strictly the highest, else 0.0: ``[..., V], [...] -> [...]`` float32.
 
-    ``argmax == target`` but for ties (wrong here; argmax picks the first index), computed as two plain max
-    reductions: argmax is a (value, index) reduction that XLA:CPU does not vectorise, ~8% of the bench-small
-    SFT step (``docs/benchmarks.md``). All-equal logits, e.g. from a zero-initialised head, score 0.
+    ``argmax == target`` but for ties (wrong here; argmax picks the first index), computed as a gather and a
+    plain max reduction: argmax is a (value, index) reduction that XLA:CPU does not vectorise, ~6% of the
+    bench-small SFT step (``docs/benchmarks.md``). All-equal logits, e.g. from a zero-initialised head, score 0.
     """
     targets = targets[..., None].astype(jnp.int32)
     picked = jnp.take_along_axis(logits, targets, axis=-1)[..., 0]

@@ -4,7 +4,7 @@ Training FLOPs per token follow MaxText's count (``calculate_tflops_training_per
 for the parameters that take part in a matmul (forward + backward), the vocabulary projection counted once,
 plus causal attention ``6 * layers * seq_len * heads * head_dim`` (QK^T and AV, forward + backward, halved
 for the causal mask). Lookup tables do no matmul: an untied input embedding and learned position tables are
-left out (a tied table is the LM head, counted once). Norm scales and biases are counted; they are tiny.
+left out (a tied table is the LM head, counted once). Norm scales are counted; they are tiny.
 
 A decode step is bound by memory traffic rather than FLOPs: model bandwidth utilisation (MBU, as defined in
 Databricks' "LLM Inference Performance Engineering", 2023) is the bytes a step must read (weights and the KV

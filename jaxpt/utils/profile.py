@@ -6,8 +6,10 @@ as model code, ``while/body/Decoder/layers_*/mlp/down/dot_general``, with the la
 how the decode-step breakdown in ``docs/benchmarks.md`` is measured (``tools/bench.py generate --profile``).
 
 The trace is the Chrome-format ``*.trace.json.gz`` that ``jax.profiler`` writes; on XLA:CPU each executed
-instruction is one event. Events whose name is not an instruction of the module (runtime bookkeeping, or
-kernel names on other backends) keep their own name.
+instruction is one event. Events that are not an instruction of the module (runtime bookkeeping) are left
+out, and so are the control-flow instructions (``while``, ``conditional``, ``call``), whose events span
+their bodies' and would count them twice. Other backends name events by kernel; there nothing matches and
+``trace_op_times`` says so.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import jax
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name="([^"]+)"', re.MULTILINE)
+_CONTROL_FLOW = re.compile(r"(?<![\w-])(?:while|conditional|call)\(")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,10 @@ class OpTime:
 def source_names(hlo_text: str, fold_layers: bool = True) -> dict[str, str]:
     """HLO instruction name -> the JAX source op it came from, from a compiled module's text."""
     names = {}
-    for name, op in _INSTRUCTION.findall(hlo_text):
+    for match in _INSTRUCTION.finditer(hlo_text):
+        name, op = match.groups()
+        if _CONTROL_FLOW.search(match.group(0).split("metadata=")[0]):
+            continue  # its event spans its body's events
         op = re.sub(r"^jit\([^)]*\)/", "", op)
         names[name] = re.sub(r"layers_\d+", "layers_*", op) if fold_layers else op
     return names
@@ -59,20 +64,26 @@ def trace_op_times(trace_dir: str, names: dict[str, str], runs: int) -> list[OpT
             continue
         seconds[names[name]] += event["dur"] * 1e-6
         calls[names[name]] += 1
+    if not seconds:
+        raise ValueError(
+            f"no event of the trace under {trace_dir} is an instruction of the compiled module: this backend "
+            "names its events otherwise (the per-op view works on XLA:CPU)"
+        )
     rows = [OpTime(op, seconds[op] / runs, calls[op] // runs) for op in seconds]
     return sorted(rows, key=lambda r: -r.seconds)
 
 
-def profile_ops(jitted: Callable[..., Any], *args: Any, runs: int = 3, fold_layers: bool = True, **kwargs: Any):
-    """Runs ``jitted(*args, **kwargs)`` once to compile, then ``runs`` times under the profiler; returns
-    ``list[OpTime]`` (per run, slowest first) for the instructions of its compiled module."""
-    names = source_names(jitted.lower(*args, **kwargs).compile().as_text(), fold_layers)
-    jax.block_until_ready(jitted(*args, **kwargs))
+def profile_ops(compiled: jax.stages.Compiled, *args: Any, runs: int = 3, fold_layers: bool = True) -> list[OpTime]:
+    """Runs ``compiled(*args)`` once, then ``runs`` times under the profiler; returns ``list[OpTime]`` (per run,
+    slowest first). ``compiled`` is ``jax.jit(f).lower(...).compile()``, called with its non-static arguments:
+    the names come from the very program that runs."""
+    names = source_names(compiled.as_text(), fold_layers)
+    jax.block_until_ready(compiled(*args))
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
         try:
             for _ in range(runs):
-                jax.block_until_ready(jitted(*args, **kwargs))
+                jax.block_until_ready(compiled(*args))
         finally:
             jax.profiler.stop_trace()
         return trace_op_times(trace_dir, names, runs)
