@@ -265,6 +265,27 @@ def interleaved_row(impl: str, ref_row: dict, ours: list[float], items_per_step:
     }
 
 
+def trl_timing_args(repeats: int, **overrides) -> dict:
+    """Training arguments every TRL reference here shares: float32 on the CPU, AdamW at a constant rate, no
+    logging, saving or loader workers, ``repeats + 2`` steps (warm-up, then the timed ones)."""
+    import tempfile
+
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=repeats + 2,
+        lr_scheduler_type="constant",
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+    )
+    return common | overrides
+
+
 def time_trainer(trainer, between: Callable[[], float] | None = None) -> tuple[dict, list[float]]:
     """Trains a TRL trainer, timing each step from a callback; the first two steps are warm-up.
 
@@ -303,7 +324,6 @@ def time_trainer(trainer, between: Callable[[], float] | None = None) -> tuple[d
 
 def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[], float] | None = None):
     """TRL's SFTTrainer on the same weights and data shape, timed by :func:`time_trainer` (with ``between``)."""
-    import tempfile
 
     import datasets
     import trl
@@ -313,24 +333,8 @@ def _trl_sft(config, params, b: int, t: int, repeats: int, between: Callable[[],
     model = _torch_model(config, params).train()
     data = sft_batch(config.vocab_size, b * (repeats + 2), t, seed=1)
     ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, r)) for r in data["inputs"]]})
-    out = tempfile.mkdtemp()
-    cfg = trl.SFTConfig(
-        output_dir=out,
-        per_device_train_batch_size=b,
-        max_length=t,
-        max_steps=repeats + 2,
-        learning_rate=3e-4,
-        lr_scheduler_type="constant",
-        logging_steps=1000,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-        packing=False,
-        optim="adamw_torch",
-        bf16=False,
-        fp16=False,
-    )
+    args = trl_timing_args(repeats, per_device_train_batch_size=b, max_length=t, learning_rate=3e-4, packing=False)
+    cfg = trl.SFTConfig(**args)
     trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=build_char_tokenizer())
     row, ours = time_trainer(trainer, between)
     row = dict(case="sft", tokens_per_s=b * t / row["median_s"], **row)

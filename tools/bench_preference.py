@@ -178,24 +178,8 @@ def _time_trainer(trainer, case: str, between=None) -> tuple[dict, list[float]]:
 
 def _trl_args(repeats: int) -> dict:
     """Training arguments TRL's DPO and reward trainers share here: one optimizer step per batch of PAIRS."""
-    import tempfile
-
-    return dict(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=PAIRS,
-        max_length=PROMPT + COMPLETION,
-        max_steps=repeats + 2,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        logging_steps=1000,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        dataloader_num_workers=0,
-        optim="adamw_torch",
-        adam_beta2=0.95,
-        bf16=False,
-        fp16=False,
+    return _bench().trl_timing_args(
+        repeats, per_device_train_batch_size=PAIRS, max_length=PROMPT + COMPLETION, learning_rate=LR, adam_beta2=0.95
     )
 
 
