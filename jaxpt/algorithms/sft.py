@@ -115,6 +115,12 @@ def generation_exact_match(
     return run
 
 
+def config_chunk_size(config: ConfigDict, model_config: ModelConfig) -> int:
+    """The loss block size a config's training uses (``jaxpt train`` and ``jaxpt plan`` alike)."""
+    tokens = config.data.seq_len * config.train.batch_size
+    return loss_chunk_size(config.train.get("loss_chunk_size", 0), model_config.vocab_size, tokens)
+
+
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     d = config.data
     seq_len = d.seq_len
@@ -132,9 +138,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     if d.get("eval"):
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=d.completion_only)
         eval_batches = fixed_batches(examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id)
-    chunk = loss_chunk_size(
-        config.train.get("loss_chunk_size", 0), model_config.vocab_size, seq_len * config.train.batch_size
-    )
+    chunk = config_chunk_size(config, model_config)
 
     after_eval = None
     em = config.get("eval", {}).get("exact_match_examples", 0)

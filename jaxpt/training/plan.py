@@ -94,7 +94,7 @@ def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, toke
     rules = normalize_rules(m.rules)
     model_config = model_config_from(config.model, tokenizer)
     b, t = config.train.batch_size, config.data.seq_len
-    chunk = sft.loss_chunk_size(config.train.get("loss_chunk_size", 0), model_config.vocab_size, b * t)
+    chunk = sft.config_chunk_size(config, model_config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = abstract_params(model_config)
         tx, schedule = make_optimizer(config.optimizer, config.train.steps)
