@@ -34,3 +34,16 @@ def char_tokenizer(char_tokenizer_dir):
     from jaxpt.data.tokenizer import load_tokenizer
 
     return load_tokenizer(char_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_examples():
+    """The first 64 arithmetic training examples at seq_len 64 (char tokenizer), tokens clipped to the vocab of
+    ``tests.tiny_models.tiny_llama_config`` (96)."""
+    import numpy as np
+
+    from jaxpt.data.sft import build_sft_dataset
+    from jaxpt.data.tokenizer import build_char_tokenizer
+
+    examples = build_sft_dataset("data/arithmetic/train.jsonl", build_char_tokenizer(), seq_len=64)[:64]
+    return [{**e, "tokens": np.minimum(e["tokens"], 95)} for e in examples]

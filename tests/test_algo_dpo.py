@@ -25,6 +25,7 @@ from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.decoder import Decoder
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.hf import load_hf
+from jaxpt.models.logprobs import sequence_logprobs
 from jaxpt.sharding import make_mesh
 from jaxpt.training import loop
 from jaxpt.utils.flops import train_flops_per_token
@@ -165,7 +166,7 @@ def test_per_pair_losses_match_dpo_loss_and_padding_is_masked(files):
     records = [json.loads(line) for line in open(files["held_out"])][:5]
     pairs0 = load_pairs(records, tok, c.data)
     batch = {k: jnp.asarray(v) for k, v in fixed_preference_batches(pairs0, 8, 16, 0)[0].items()}
-    logps_fn = jax.jit(lambda p, chunk: dpo.sequence_logps(config, p, batch, chunk), static_argnums=1)
+    logps_fn = jax.jit(lambda p, chunk: sequence_logprobs(config, p, batch, chunk), static_argnums=1)
     logps, ref_logps = logps_fn(policy, 0), logps_fn(reference, 0)
     np.testing.assert_allclose(logps_fn(policy, 7), logps, rtol=1e-5)  # 7-token chunks, padded at the end
     # The shared-prompt layout (prompt once, completions on its KV cache): same log-probs, same gradient.
@@ -173,9 +174,9 @@ def test_per_pair_losses_match_dpo_loss_and_padding_is_masked(files):
     assert shared["prompt_tokens"].shape[0] == 8 and shared["completion_tokens"].shape[0] == 16
 
     def weighted(p, b):
-        return jnp.sum(dpo.sequence_logps(config, p, b, 0) * jnp.arange(1.0, 17.0))
+        return jnp.sum(sequence_logprobs(config, p, b, 0) * jnp.arange(1.0, 17.0))
 
-    np.testing.assert_allclose(jax.jit(lambda p: dpo.sequence_logps(config, p, shared, 0))(policy), logps, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda p: sequence_logprobs(config, p, shared, 0))(policy), logps, rtol=1e-5)
     g_flat, g_shared = (jax.jit(jax.grad(weighted))(policy, b) for b in (batch, shared))
     for a, b in zip(jax.tree.leaves(g_flat), jax.tree.leaves(g_shared), strict=True):  # float32, other sum order
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
@@ -236,7 +237,6 @@ def test_bad_dpo_config_fails_early(files, tmp_path):
 def test_shared_prompt_layout_with_scanned_rematerialised_layers():
     """Shared-prompt log-probs and gradients equal the flat layout's with scan over layers and remat (the
     KV cache is stacked per layer; the prompt pass's cache offset is traced inside remat)."""
-    from jaxpt.algorithms import dpo
     from jaxpt.data.preference import fixed_preference_batches
     from jaxpt.models.config import ModelConfig
     from jaxpt.models.decoder import init_params
@@ -263,7 +263,7 @@ def test_shared_prompt_layout_with_scanned_rematerialised_layers():
     batches = [fixed_preference_batches(pairs, 4, 12, 0, shared_prompt=s)[0] for s in (False, True)]
 
     def weighted(p, b):
-        return jnp.sum(dpo.sequence_logps(config, p, b, 0) * jnp.arange(1.0, 9.0))
+        return jnp.sum(sequence_logprobs(config, p, b, 0) * jnp.arange(1.0, 9.0))
 
     (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(weighted))(params, x) for x in batches)
     np.testing.assert_allclose(a, b, rtol=1e-6)

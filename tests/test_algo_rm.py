@@ -22,6 +22,7 @@ from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.hf import load_hf, save_hf
+from jaxpt.models.logprobs import full_sequences
 from jaxpt.models.reward import abstract_reward_params
 from jaxpt.sharding import make_mesh, param_shardings
 from jaxpt.training import loop
@@ -129,7 +130,7 @@ def test_heldout_accuracy_rises_and_export_scores_match_transformers(files, tmp_
     tok = build_char_tokenizer()
     held_out = rm.load_pairs(files["eval"], tok, config.data)
     batch = fixed_preference_batches(held_out, 8, config.data.seq_len, tok.pad_token_id)[-1]  # 4 real + 4 padding
-    tokens, _, segments = (np.asarray(x) for x in rm.full_sequences(batch))
+    tokens, _, segments = (np.asarray(x) for x in full_sequences(batch))
     ours = np.asarray(jax.jit(lambda p, b: rm.sequence_rewards(model_config, p, b))(params, batch))
     rows = np.flatnonzero(segments.sum(1) > 0)  # padding pairs have empty rows; HF cannot pool those
     with torch.no_grad():

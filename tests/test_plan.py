@@ -31,11 +31,17 @@ def plans():
     tokenizer = build_char_tokenizer()
     config = _config(8, 1)
     model_config = model_config_from(config.model, tokenizer)
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(unbox(abstract_params(model_config))))
+    params = unbox(abstract_params(model_config))
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    n_layers = sum(math.prod(x.shape) for k, v in params.items() if k.startswith("layers_") for x in jax.tree.leaves(v))
+    frozen = _config(8, 1)
+    frozen.train.trainable = ("layers_.*",)  # the embeddings and the final norm stay as they are
     return {
         "data": plan_sft_step(_config(8, 1), tokenizer=tokenizer),
         "fsdp": plan_sft_step(_config(1, 8), tokenizer=tokenizer),
+        "frozen": plan_sft_step(frozen, tokenizer=tokenizer),
         "n_params": n_params,
+        "n_layers": n_layers,
         "flops": train_flops_per_token(model_config, config.data.seq_len) * 8 * config.data.seq_len / 8,
     }
 
@@ -53,15 +59,40 @@ def test_fsdp_shards_the_state_that_data_parallelism_replicates(plans):
     assert data.model_flops == pytest.approx(plans["flops"])  # the MFU count, split over the 8 devices
 
 
-def test_format_plan_reports_fit_against_known_hbm():
-    plan = StepPlan(
-        "TPU v5 lite", 16, {"data": 1, "fsdp": 16, "tensor": 1}, 10**9, 2**30, 2**30, 2**30, 8 * 2**30, 2e12
+def test_a_masked_plan_keeps_optimizer_state_for_the_trained_parameters_only(plans):
+    data, frozen, n, n_layers = plans["data"], plans["frozen"], plans["n_params"], plans["n_layers"]
+    assert data.trainable_params == n and frozen.trainable_params == n_layers < n
+    scalars = data.optimizer_bytes - 2 * 4 * n  # AdamW's two float32 moments per parameter, plus step counts
+    assert 0 < scalars < 64 and frozen.optimizer_bytes == 2 * 4 * n_layers + scalars
+    assert frozen.argument_bytes == data.argument_bytes - 2 * 4 * (n - n_layers)
+    assert plans["fsdp"].optimizer_bytes < data.optimizer_bytes / 6
+    assert f"{n / 1e6:,.1f} M parameters, {n_layers / 1e6:,.1f} M of them trained" in format_plan(frozen)
+    assert "trained" not in format_plan(data)
+
+
+def _plan(peak_bytes: int, device_kind: str = "TPU v5 lite") -> StepPlan:
+    """A plan of ``peak_bytes`` per device: 1 GiB of arguments (all donated), the rest temporaries."""
+    return StepPlan(
+        device_kind=device_kind,
+        num_devices=16,
+        mesh={"data": 1, "fsdp": 16, "tensor": 1},
+        num_params=10**9,
+        trainable_params=10**9,
+        argument_bytes=2**30,
+        optimizer_bytes=2**29,
+        output_bytes=2**30,
+        alias_bytes=2**30,
+        temp_bytes=peak_bytes - 2**30,
+        model_flops=2e12,
     )
-    text = format_plan(plan)
+
+
+def test_format_plan_reports_fit_against_known_hbm():
+    text = format_plan(_plan(9 * 2**30))
     assert "16 x TPU v5 lite" in text and "peak per device: 9.00 GiB of 16.00 GiB HBM: fits" in text
-    over = StepPlan("TPU v5 lite", 16, plan.mesh, 10**9, 2**30, 2**30, 2**30, 20 * 2**30, 2e12)
-    assert "does NOT fit" in format_plan(over)
-    assert "HBM" not in format_plan(StepPlan("cpu", 8, plan.mesh, 1, 1, 1, 1, 1, 1.0))
+    assert "optimizer state 512.0 MiB" in text
+    assert "does NOT fit" in format_plan(_plan(21 * 2**30))
+    assert "HBM" not in format_plan(_plan(2**31, device_kind="cpu"))
 
 
 def test_bad_inputs_are_named():

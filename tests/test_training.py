@@ -11,37 +11,20 @@ import pytest
 import torch
 import transformers
 
-from jaxpt.algorithms.sft import make_loss_fn
 from jaxpt.config import load_config
-from jaxpt.data.sft import build_sft_dataset, make_batch
+from jaxpt.data.sft import make_batch
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
-from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, abstract_params, init_params
 from jaxpt.sharding import DEFAULT_RULES, make_mesh, partition_spec_table, shard_batch
 from jaxpt.training.loop import train
 from jaxpt.training.optimizer import make_optimizer
-from jaxpt.training.state import create_state, state_shardings
-from jaxpt.training.step import make_train_step
+from jaxpt.training.state import state_shardings
 from jaxpt.training.workdir import WorkdirError
 from jaxpt.utils.tensorboard import read_scalars
+from tests.tiny_models import SFT_TINY, make_tiny_hf, sft_batches, sft_run_config, sft_setup, tiny_llama_config
 
-QUICKSTART = "configs/sft/quickstart.py:tiny"
 SNAPSHOT = os.path.join(os.path.dirname(__file__), "snapshots", "partition_specs_llama_fsdp4_tensor2.json")
-
-
-def tiny_config(**kw) -> ModelConfig:
-    hf = dict(
-        model_type="llama",
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return ModelConfig.from_hf(hf, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +32,8 @@ def tokenizer():
     return build_char_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def examples(tokenizer):
-    return build_sft_dataset("data/arithmetic/train.jsonl", tokenizer, seq_len=64)[:64]
-
-
-def _sft_setup(mesh, config, grad_accum=1):
-    tx, schedule = make_optimizer(load_config(QUICKSTART).optimizer, total_steps=10)
-    rules = DEFAULT_RULES
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = abstract_params(config)
-        shardings = state_shardings(boxed, tx, mesh, rules)
-        params = init_params(config, jax.random.key(0))
-        state = create_state(jax.device_get(params), tx, shardings, seed=0)
-        step = jax.jit(make_train_step(make_loss_fn(config, 64), tx, schedule, grad_accum), donate_argnums=0)
-    return state, step, shardings
-
-
 def _run_steps(mesh, config, batches, grad_accum=1):
-    state, step, shardings = _sft_setup(mesh, config, grad_accum)
+    state, step, shardings = sft_setup(mesh, config, grad_accum)
     losses = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         for b in batches:
@@ -76,17 +42,9 @@ def _run_steps(mesh, config, batches, grad_accum=1):
     return losses, jax.device_get(state.params), state
 
 
-def _batches(examples, n=2, rows=8):
-    out = []
-    for k in range(n):
-        idx = list(range(k * rows * 2, (k + 1) * rows * 2))
-        out.append(make_batch(examples, [idx[i : i + 2] for i in range(0, len(idx), 2)], 64, 0))
-    return out
-
-
-def test_same_step_on_every_mesh(examples):
-    config = tiny_config()
-    batches = _batches([{**e, "tokens": np.minimum(e["tokens"], 95)} for e in examples])
+def test_same_step_on_every_mesh(tiny_sft_examples):
+    config = tiny_llama_config()
+    batches = sft_batches(tiny_sft_examples)
     ref_losses, ref_params, _ = _run_steps(make_mesh(1, 1, 1, devices=jax.devices()[:1]), config, batches)
     for sizes in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
         losses, params, state = _run_steps(make_mesh(*sizes), config, batches)
@@ -104,9 +62,9 @@ def test_same_step_on_every_mesh(examples):
 
 def test_partition_spec_snapshot():
     """Every parameter's partition spec for a reference config; update the snapshot deliberately."""
-    config = tiny_config()
+    config = tiny_llama_config()
     mesh = make_mesh(1, 4, 2)
-    tx, _ = make_optimizer(load_config(QUICKSTART).optimizer, 10)
+    tx, _ = make_optimizer(load_config(SFT_TINY).optimizer, 10)
     table = partition_spec_table(state_shardings(abstract_params(config), tx, mesh, DEFAULT_RULES).params)
     if not os.path.exists(SNAPSHOT):  # first run writes it; the committed file is the contract
         os.makedirs(os.path.dirname(SNAPSHOT), exist_ok=True)
@@ -115,17 +73,17 @@ def test_partition_spec_snapshot():
 
 
 def test_uncovered_logical_axis_is_an_error():
-    config = tiny_config()
-    tx, _ = make_optimizer(load_config(QUICKSTART).optimizer, 10)
+    config = tiny_llama_config()
+    tx, _ = make_optimizer(load_config(SFT_TINY).optimizer, 10)
     rules = [r for r in DEFAULT_RULES if r[0] != "mlp"]
     with pytest.raises(ValueError, match="'mlp'.*no sharding rule"):
         state_shardings(abstract_params(config), tx, make_mesh(8, 1, 1), rules)
 
 
-def test_packed_equals_unpacked_per_example(examples):
-    config = tiny_config()
+def test_packed_equals_unpacked_per_example(tiny_sft_examples):
+    config = tiny_llama_config()
     params = init_params(config, jax.random.key(1))
-    ex = [{**e, "tokens": np.minimum(e["tokens"], 95)} for e in examples[:3]]
+    ex = tiny_sft_examples[:3]
     packed = make_batch(ex, [[0, 1, 2]], 64, 0)
     unpacked = make_batch(ex, [[0], [1], [2]], 64, 0)
 
@@ -139,25 +97,13 @@ def test_packed_equals_unpacked_per_example(examples):
         np.testing.assert_allclose(packed_k, lp_unpacked[k].sum(), rtol=1e-5)
 
 
-def _cfg(**overrides):
-    c = load_config(QUICKSTART)
-    c.data.seq_len = 64
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
-
-
 def test_resume_is_exact_and_logs_are_readable(tmp_path):
-    full = train(_cfg(), str(tmp_path / "full"))
+    full = train(sft_run_config(), str(tmp_path / "full"))
     interrupted = str(tmp_path / "resumed")
-    train(_cfg(), interrupted, stop_after=3)  # "preempted" after 3 of 8 steps (checkpoint at 3)
+    train(sft_run_config(), interrupted, stop_after=3)  # "preempted" after 3 of 8 steps (checkpoint at 3)
     with pytest.raises(WorkdirError):
-        train(_cfg(), interrupted)  # never silently overwrite a run
-    resumed = train(_cfg(), interrupted, resume=True)
+        train(sft_run_config(), interrupted)  # never silently overwrite a run
+    resumed = train(sft_run_config(), interrupted, resume=True)
     assert resumed["final_step"] == full["final_step"] == 8
 
     def losses(workdir):
@@ -184,14 +130,12 @@ def test_resume_is_exact_and_logs_are_readable(tmp_path):
 
 
 def test_sft_drives_loss_down(tmp_path):
-    out = train(_cfg(**{"train.steps": 40, "train.eval_every": 40, "train.export_hf": False}), str(tmp_path))
+    out = train(sft_run_config(**{"train.steps": 40, "train.eval_every": 40, "train.export_hf": False}), str(tmp_path))
     before, after = out["eval_before"]["loss"], out["eval_after"]["loss"]
     assert after < 0.6 * before, (before, after)
 
 
 def test_hf_in_sft_hf_out_roundtrip(tmp_path, tokenizer):
-    from tests.tiny_models import make_tiny_hf
-
     torch.manual_seed(0)
     src = str(tmp_path / "hf")
     cfg = transformers.LlamaConfig(
@@ -208,7 +152,7 @@ def test_hf_in_sft_hf_out_roundtrip(tmp_path, tokenizer):
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(src)
     tokenizer.save_pretrained(src)
     assert make_tiny_hf  # the same helper family as the parity tests
-    c = _cfg(**{"train.steps": 3, "train.eval_every": 0})
+    c = sft_run_config(**{"train.steps": 3, "train.eval_every": 0})
     c.model.path = src
     c.tokenizer.path = src
     out = train(c, str(tmp_path / "run"))
@@ -226,7 +170,7 @@ def test_hf_in_sft_hf_out_roundtrip(tmp_path, tokenizer):
 
 
 def test_eval_hook_runs_an_eval_config_during_training(tmp_path):
-    c = _cfg(**{"train.steps": 4, "train.export_hf": False})
+    c = sft_run_config(**{"train.steps": 4, "train.export_hf": False})
     c.eval_hook.config = "configs/eval/arithmetic.py:quick"
     c.eval_hook.every = 4
     train(c, str(tmp_path))

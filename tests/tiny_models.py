@@ -1,9 +1,24 @@
-"""Tiny random-initialised Hugging Face models saved with ``save_pretrained``: the parity reference."""
+"""Tiny models and runs the tests share: random-initialised Hugging Face models saved with ``save_pretrained``
+(the parity reference), a tiny jaxpt ``ModelConfig``, the tiny SFT run config and a sharded SFT step on it."""
 
 from __future__ import annotations
 
 import os
 
+import flax.linen as nn
+import jax
+
+from jaxpt.algorithms.sft import make_loss_fn
+from jaxpt.config import load_config
+from jaxpt.data.sft import make_batch
+from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import abstract_params, init_params
+from jaxpt.sharding import DEFAULT_RULES
+from jaxpt.training.optimizer import make_optimizer
+from jaxpt.training.state import create_state, state_shardings
+from jaxpt.training.step import make_train_step
+
+SFT_TINY = "configs/sft/quickstart.py:tiny"
 FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gpt2")
 VOCAB = 97
 
@@ -66,3 +81,58 @@ def make_tiny_hf(family: str, directory: str, seed: int = 0, tokenizer=None):
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return model
+
+
+def tiny_llama_config(**kw) -> ModelConfig:
+    """A 2-layer, 64-wide Llama (vocab 96, untied) as jaxpt parses it; ``kw``: run options such as scan_layers."""
+    hf = dict(
+        model_type="llama",
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return ModelConfig.from_hf(hf, **kw)
+
+
+def run_config(spec: str, **overrides):
+    """``load_config(spec)`` with dotted-key overrides: ``run_config(SFT_TINY, **{"train.steps": 3})``."""
+    c = load_config(spec)
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def sft_run_config(**overrides):
+    """The quickstart's ``:tiny`` SFT run (8 steps of 8 rows, char tokenizer, from scratch) at seq_len 64."""
+    return run_config(SFT_TINY, **{"data.seq_len": 64, **overrides})
+
+
+def sft_setup(mesh, config, grad_accum=1, trainable=None):
+    """A sharded SFT state and its jitted step (``trainable``: a mask, jaxpt/training/trainable.py)."""
+    tx, schedule = make_optimizer(load_config(SFT_TINY).optimizer, total_steps=10, trainable=trainable)
+    rules = DEFAULT_RULES
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = abstract_params(config)
+        shardings = state_shardings(boxed, tx, mesh, rules)
+        params = init_params(config, jax.random.key(0))
+        state = create_state(jax.device_get(params), tx, shardings, seed=0)
+        step_fn = make_train_step(make_loss_fn(config, 64), tx, schedule, grad_accum, trainable)
+        step = jax.jit(step_fn, donate_argnums=0)
+    return state, step, shardings
+
+
+def sft_batches(examples, n=2, rows=8):
+    """``n`` packed batches of ``rows`` rows at seq_len 64, two examples a row, in order."""
+    out = []
+    for k in range(n):
+        idx = list(range(k * rows * 2, (k + 1) * rows * 2))
+        out.append(make_batch(examples, [idx[i : i + 2] for i in range(0, len(idx), 2)], 64, 0))
+    return out

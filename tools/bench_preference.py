@@ -74,6 +74,7 @@ def preference_batch(pairs, shared_prompt: bool) -> dict[str, np.ndarray]:
 
 def _jaxpt_rows(config, params, batch, args) -> list[dict]:
     from jaxpt.algorithms import dpo
+    from jaxpt.models.logprobs import sequence_logprobs
     from jaxpt.training.optimizer import make_optimizer, optimizer_config
     from jaxpt.training.state import TrainState
     from jaxpt.training.step import make_train_step
@@ -84,7 +85,7 @@ def _jaxpt_rows(config, params, batch, args) -> list[dict]:
     step = jax.jit(make_train_step(dpo.make_loss_fn(config, config, kwargs, 0), tx, schedule), donate_argnums=0)
     reference = jax.tree.map(jnp.copy, params)  # the frozen reference (the step donates the policy's buffers)
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    ref_logps = jax.jit(lambda p, b: dpo.sequence_logps(config, p, b, 0))(reference, device_batch)
+    ref_logps = jax.jit(lambda p, b: sequence_logprobs(config, p, b, 0))(reference, device_batch)
     rows, runs = [], []
     for name, frozen, b in (
         ("jaxpt", reference, device_batch),

@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         )
     )
     c.train = train_config(steps=300, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100)
+    # Partial fine-tuning: regexes over '/'-joined parameter paths (see jaxpt/training/defaults.py), e.g.
+    # c.train.trainable = ("layers_1/.*", "final_norm/.*")  or  c.train.frozen = ("embed/.*",)
     c.optimizer = optimizer_config(lr=3e-3, warmup_steps=20, weight_decay=0.01)
     c.mesh = mesh_config()
     # Greedy exact match on held-out prompts, before and after training (on top of loss/perplexity/accuracy).

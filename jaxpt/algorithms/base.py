@@ -36,6 +36,10 @@ class AlgorithmParts:
     abstract_params: Any
     init_params: Callable[[Any], Any]
     frozen: Callable[[Any], Any] | None = None  # params -> frozen inputs (e.g. a reference copy)
+    # Which parameters may train: abstract params -> a tree of bools in their structure, or a prefix of it
+    # (e.g. {"policy": True, "value": False}); the config's train.trainable / train.frozen narrow it further
+    # (jaxpt/training/trainable.py). None: all (e.g. LoRA would let only its adapters train).
+    trainable: Callable[[Any], Any] | None = None
     tokens_in_batch: Callable[[dict], int] | None = None
     # Model FLOPs of one step on a batch, for MFU; None: ``train_flops_per_token * tokens_in_batch`` (a step
     # that also runs a frozen model's forward, like DPO's reference, counts it here).

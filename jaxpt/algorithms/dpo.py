@@ -5,7 +5,8 @@
 A trainable policy (``config.model``) and a frozen reference. Chosen and rejected completions share their
 prompt, so batches use the shared-prompt layout (``jaxpt/data/preference.py``): each prompt runs once, its KV
 cache is copied for the two completions, which run on top of it in one ``[2B, C]`` pass (chosen rows first);
-the per-row summed completion log-probs are split into ``[:B]`` / ``[B:]``.
+the per-row summed completion log-probs (``jaxpt.models.logprobs.sequence_logprobs``, the vocabulary projection
+in blocks of ``train.loss_chunk_size`` tokens) are split into ``[:B]`` / ``[B:]``.
 
 The reference (``config.dpo``):
 
@@ -49,13 +50,12 @@ from jaxpt.algorithms.reward_model import (
 from jaxpt.algorithms.rollout import merged_section
 from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
 from jaxpt.data.sft import batch_tokens
-from jaxpt.losses.lm import masked_sum, token_logprobs
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, abstract_params, head_kernel, init_params, shared_prompt_hidden
+from jaxpt.models.decoder import abstract_params, init_params
 from jaxpt.models.factory import model_params_from, run_options
 from jaxpt.models.hf import load_hf, save_hf
-from jaxpt.models.matmul import vocab_logits
+from jaxpt.models.logprobs import sequence_logprobs
 from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
 from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
@@ -78,42 +78,6 @@ def dpo_config(**overrides) -> ConfigDict:
     )
     cfg.update(overrides)
     return cfg
-
-
-# ------------------------------------------------------------------------------------------ log-probs
-def token_logps(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, chunk_size: int) -> jax.Array:
-    """``log p(targets)`` ``[N, T]`` from final hidden states; with ``0 < chunk_size < N*T`` the vocabulary
-    projection runs over ``chunk_size`` tokens at a time (rematerialised in the backward pass), so no
-    ``[N, T, V]`` logits are held."""
-    n, t, e = hidden.shape
-    total = n * t
-    if not chunk_size or chunk_size >= total:
-        return token_logprobs(vocab_logits(hidden, kernel), targets)
-    n_chunks = -(-total // chunk_size)
-    pad = n_chunks * chunk_size - total
-    h = jnp.pad(hidden.reshape(total, e), ((0, pad), (0, 0))).reshape(n_chunks, chunk_size, e)
-    y = jnp.pad(targets.reshape(total), (0, pad)).reshape(n_chunks, chunk_size)
-
-    @jax.checkpoint
-    def chunk(kernel, hc, yc):
-        return token_logprobs(vocab_logits(hc, kernel), yc)
-
-    out = jax.lax.map(lambda xs: chunk(kernel, *xs), (h, y))
-    return out.reshape(-1)[:total].reshape(n, t)
-
-
-def sequence_logps(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int) -> jax.Array:
-    """``[2B]`` summed completion log-probs, float32, from a flat or a shared-prompt batch."""
-    if "prompt_tokens" in batch:  # each pair's prompt once; only completion positions reach the LM head
-        hidden = shared_prompt_hidden(config, params, batch)  # completion rows: chosen, then rejected
-        targets, mask = batch["completion_tokens"], batch["completion_mask"]
-    else:
-        hidden, _ = Decoder(config).apply(
-            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
-        )
-        targets, mask = batch["targets"], batch["loss_mask"] * (batch["segment_ids"] > 0)
-    lp = token_logps(hidden, head_kernel(config, params), targets, chunk_size)
-    return masked_sum(lp, mask, axis=-1)
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -165,13 +129,13 @@ def pair_terms(
 ):
     """Per-pair ``(loss [B], metrics {name: [B]}, valid [B])``; the reference comes from ``frozen`` (its
     params), ``batch["ref_logps"]`` (precomputed) or nowhere (reference-free losses)."""
-    logps = sequence_logps(policy_config, params, batch, chunk_size)
+    logps = sequence_logprobs(policy_config, params, batch, chunk_size)
     if kwargs["loss_type"] in REFERENCE_FREE:
         ref = jnp.zeros_like(logps)
     elif "ref_logps" in batch:
         ref = batch["ref_logps"]
     else:
-        ref = jax.lax.stop_gradient(sequence_logps(ref_config, frozen, batch, chunk_size))
+        ref = jax.lax.stop_gradient(sequence_logprobs(ref_config, frozen, batch, chunk_size))
     valid = pair_valid(batch)
     loss, metrics = pair_losses(logps, ref, batch["completion_lengths"], kwargs, valid)
     return loss, metrics, valid
@@ -237,7 +201,9 @@ def precompute_reference(
     chunk_size: int,
 ) -> None:
     """Adds ``row_ref_logps = [ref log p(chosen), ref log p(rejected)]`` to every pair, in place."""
-    fn = jax.jit(lambda p, b: sequence_logps(ref_config, p, b, chunk_size), in_shardings=(None, batch_sharding(mesh)))
+    fn = jax.jit(
+        lambda p, b: sequence_logprobs(ref_config, p, b, chunk_size), in_shardings=(None, batch_sharding(mesh))
+    )
     for pairs in pair_sets:
         batches = fixed_preference_batches(pairs, batch_size, seq_len, pad_id, shared_prompt=True)
         for k, batch in enumerate(batches):

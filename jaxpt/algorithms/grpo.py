@@ -89,9 +89,16 @@ def grpo_config(config: ConfigDict) -> ConfigDict:
     return g
 
 
-def make_grpo_loss_fn(model_config: ModelConfig, g: ConfigDict, prompt_len: int, new_tokens: int, temperature: float):
+def make_grpo_loss_fn(
+    model_config: ModelConfig,
+    g: ConfigDict,
+    prompt_len: int,
+    new_tokens: int,
+    temperature: float,
+    chunk_size: int = 0,
+):
     def loss_fn(params, batch, rng, frozen):
-        logp, ent = response_logprobs(model_config, params, batch, prompt_len, temperature, entropy=True)
+        logp, ent = response_logprobs(model_config, params, batch, prompt_len, temperature, True, chunk_size)
         mask = batch["response_mask"]
         loss, m = grpo_loss(
             logp,
@@ -128,14 +135,17 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         load_prompt_records(config.data.train, engine.prompt_key), b, seed=config.seed, shuffle=True
     )
     recompute = engine.cfg.old_logprobs == "recompute"
+    chunk = config.train.get("loss_chunk_size", 0)  # tokens per block of the vocabulary projection; 0 = one
     # shared-prompt rows when a minibatch's prompts split evenly over the batch shards and micro-batches
     per_mini, split = mini // g.num_generations, engine.num_batch_shards * config.train.grad_accum_steps
     shared = mini % g.num_generations == 0 and per_mini % split == 0
 
     @jax.jit
     def score_pass(params, ref_params, batch):
-        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp)
-        old = response_logprobs(model_config, params, batch, prompt_len, temp)[0] if recompute else None
+        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp, chunk_size=chunk)
+        old = None
+        if recompute:
+            old, _ = response_logprobs(model_config, params, batch, prompt_len, temp, chunk_size=chunk)
         return ref, old
 
     def rollout(params, frozen, step):
@@ -177,7 +187,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_grpo_loss_fn(model_config, g, prompt_len, new_tokens, temp),
+        loss_fn=make_grpo_loss_fn(model_config, g, prompt_len, new_tokens, temp, chunk),
         eval_fn=eval_inner or (lambda params, batch, fr: {}),
         summarize=summarize,
         abstract_params=abstract_params(model_config),

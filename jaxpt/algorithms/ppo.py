@@ -154,12 +154,17 @@ def response_values(value_module: ScalarHeadModel, params: Any, batch: dict, pro
 
 
 def make_ppo_loss_fn(
-    policy_config: ModelConfig, value_config: ModelConfig, p: ConfigDict, prompt_len: int, temperature: float
+    policy_config: ModelConfig,
+    value_config: ModelConfig,
+    p: ConfigDict,
+    prompt_len: int,
+    temperature: float,
+    chunk_size: int = 0,
 ):
     value_model_ = ScalarHeadModel(value_config)
 
     def loss_fn(params, batch, rng, frozen):
-        logp, ent = response_logprobs(policy_config, params["policy"], batch, prompt_len, temperature, True)
+        logp, ent = response_logprobs(policy_config, params["policy"], batch, prompt_len, temperature, True, chunk_size)
         values = response_values(value_model_, params["value"], batch, prompt_len)
         mask = batch["response_mask"]
         pg_loss, pg_m = ppo_policy_loss(logp, batch["old_logprobs"], batch["advantages"], mask, p.cliprange)
@@ -196,13 +201,14 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     value_config, init_value = value_model(config, p, model_config)
     value_module = ScalarHeadModel(value_config)
     recompute = engine.cfg.old_logprobs == "recompute"
+    chunk = config.train.get("loss_chunk_size", 0)  # tokens per block of the vocabulary projection; 0 = one
 
     @jax.jit
     def prepare(params, ref_params, batch, score, sampler_logprobs, kl_coef):
         mask = batch["response_mask"]
-        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp)
+        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp, chunk_size=chunk)
         if recompute:
-            logp, _ = response_logprobs(model_config, params["policy"], batch, prompt_len, temp)
+            logp, _ = response_logprobs(model_config, params["policy"], batch, prompt_len, temp, chunk_size=chunk)
         else:
             logp = sampler_logprobs
         values = response_values(value_module, params["value"], batch, prompt_len) * mask
@@ -283,7 +289,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_ppo_loss_fn(model_config, value_config, p, prompt_len, temp),
+        loss_fn=make_ppo_loss_fn(model_config, value_config, p, prompt_len, temp, chunk),
         eval_fn=(lambda params, batch, fr: eval_inner(params["policy"], batch, fr))
         if eval_inner
         else (lambda params, batch, fr: {}),

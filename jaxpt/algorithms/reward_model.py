@@ -47,16 +47,11 @@ from jaxpt.data.sft import batch_tokens, load_records
 from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import abstract_params, shared_prompt_forward
+from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
-from jaxpt.models.reward import (
-    ScalarHeadModel,
-    abstract_reward_params,
-    init_reward_params,
-    last_token_value,
-    score_head,
-)
+from jaxpt.models.logprobs import last_token_states
+from jaxpt.models.reward import abstract_reward_params, init_reward_params, score_head
 from jaxpt.sharding import param_shardings, rules_of
 
 Batch = dict[str, np.ndarray]
@@ -179,23 +174,11 @@ def random_head(model_config: ModelConfig, key: jax.Array) -> dict[str, jax.Arra
     return {"kernel": (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(model_config.param_dtype)}
 
 
-def full_sequences(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The unshifted rows ``[2B, T + 1]``: ``inputs[:, :1]`` followed by ``targets`` (prompt + completion)."""
-    tokens = jnp.concatenate([batch["inputs"][:, :1], batch["targets"]], axis=1)
-    positions = jnp.concatenate([batch["positions"][:, :1], batch["positions"] + 1], axis=1)
-    segments = jnp.concatenate([batch["segment_ids"][:, :1], batch["segment_ids"]], axis=1)
-    return tokens, positions, segments
-
-
 def sequence_rewards(model_config: ModelConfig, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    """``[2B]`` float32 rewards, read at each row's last real token, from flat or shared-prompt batches
-    (``jaxpt/data/preference.py``; the shared layout runs each pair's prompt once)."""
-    if "prompt_tokens" not in batch:
-        tokens, positions, segments = full_sequences(batch)
-        return ScalarHeadModel(model_config).apply({"params": params}, tokens, positions, segments)
-    _, hidden = shared_prompt_forward(model_config, params["decoder"], batch)
-    values = score_head(model_config).apply({"params": params["score"]}, hidden)[..., 0].astype(jnp.float32)
-    return last_token_value(values, batch["completion_segment_ids"])
+    """``[2B]`` float32 rewards: the score head on each row's last real token's state
+    (``jaxpt.models.logprobs.last_token_states``, flat or shared-prompt batches, ``jaxpt/data/preference.py``)."""
+    states, _ = last_token_states(model_config, params["decoder"], batch)
+    return score_head(model_config).apply({"params": params["score"]}, states)[..., 0].astype(jnp.float32)
 
 
 def pair_terms(model_config: ModelConfig, center_coef: float, params: Any, batch: dict[str, jax.Array]):

@@ -24,11 +24,9 @@ from jaxpt.algorithms import sft
 from jaxpt.data.sft import EpochIterator, build_sft_dataset, load_records
 from jaxpt.data.tokenizer import encode_prompts
 from jaxpt.generation.sampler import SamplingConfig, generate
-from jaxpt.losses.lm import token_entropy, token_logprobs
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, head_kernel, shared_prompt_hidden
 from jaxpt.models.factory import model_params_from
-from jaxpt.models.matmul import vocab_logits
+from jaxpt.models.logprobs import batch_logprobs
 from jaxpt.rewards import RewardInput, build_rewards
 from jaxpt.sharding import batch_sharding, replicated, rules_of
 
@@ -143,28 +141,22 @@ class Samples:
         return RewardInput(self.prompts, self.completions, self.records, self.finished)
 
 
-def response_logits(config: ModelConfig, params: Any, batch: dict, prompt_len: int, temperature: float):
-    """``[R, N, V]`` float32 logits / temperature at the completion positions (inputs P-1 .. P+N-2), from
-    flat rows (``training_rows``) or shared-prompt rows (``shared_prompt_rows``)."""
-    if "prompt_tokens" in batch:
-        h = shared_prompt_hidden(config, params, batch)
-    else:
-        hidden, _ = Decoder(config).apply(
-            {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
-        )
-        h = hidden[:, prompt_len - 1 :]
-    logits = vocab_logits(h, head_kernel(config, params))
-    return logits / temperature
-
-
 def response_logprobs(
-    config: ModelConfig, params: Any, batch: dict, prompt_len: int, temperature: float, entropy: bool = False
+    config: ModelConfig,
+    params: Any,
+    batch: dict,
+    prompt_len: int,
+    temperature: float,
+    entropy: bool = False,
+    chunk_size: int = 0,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Log-probs ``[R, N]`` of the sampled completion tokens (and the policy's entropy when asked)."""
-    logits = response_logits(config, params, batch, prompt_len, temperature)
-    completion = batch["completion_tokens"] if "prompt_tokens" in batch else batch["targets"][:, prompt_len - 1 :]
-    logp = token_logprobs(logits, completion)
-    return logp, (token_entropy(logits) if entropy else None)
+    """Log-probs ``[R, N]`` of the sampled completion tokens under logits / temperature (and the policy's
+    entropy when asked), from flat rows (``training_rows``) or shared-prompt rows (``shared_prompt_rows``);
+    the vocabulary projection in blocks of ``chunk_size`` tokens (0: one block)."""
+    out, _ = batch_logprobs(
+        config, params, batch, chunk_size, prompt_len=prompt_len, temperature=temperature, entropy=entropy
+    )
+    return out.logprobs, out.entropy
 
 
 def training_rows(s: Samples) -> dict[str, np.ndarray]:
@@ -192,7 +184,7 @@ def shared_prompt_rows(s: Samples, group: int) -> tuple[dict[str, np.ndarray], n
     """Rows for completions that come in groups of ``group`` per prompt (GRPO), each prompt stored once.
 
     ``s`` holds a prompt's rows contiguously (``RolloutEngine.sample``); the rows here are sample-major (row
-    ``j * Np + i`` is sample ``j`` of prompt ``i``, the layout of ``jaxpt.models.decoder.shared_prompt_hidden``):
+    ``j * Np + i`` is sample ``j`` of prompt ``i``, the layout of ``jaxpt.models.logprobs.shared_prompt_forward``):
     ``prompt_tokens`` / ``prompt_mask`` ``[Np, P]``, ``completion_tokens`` / ``completion_segment_ids`` /
     ``response_mask`` ``[R, N]``. Returns the rows and ``order`` (row ``k`` here is row ``order[k]`` of ``s``).
     """

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: masked next-token cross-entropy, chunked over the vocabulary projection."""
+"""Supervised fine-tuning: masked next-token cross-entropy (``jaxpt.models.logprobs.lm_loss``, chunked over the
+vocabulary projection)."""
 
 from __future__ import annotations
 
@@ -19,35 +20,11 @@ from jaxpt.data.sft import (
     pack_examples,
     unpacked_rows,
 )
-from jaxpt.losses.lm import chunked_cross_entropy, cross_entropy_loss, fused_cross_entropy
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import Decoder, abstract_params, head_kernel
+from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_params_from
 from jaxpt.models.hf import save_hf
-from jaxpt.models.matmul import vocab_logits
-
-
-def lm_loss(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int, train: bool = True):
-    """``(nll_sum, num_tokens, correct)`` of the batch's masked targets.
-
-    ``chunk_size`` below the batch's token count splits the vocabulary projection into blocks of that many
-    tokens: for training, ``fused_cross_entropy`` (gradients made in the forward pass, no ``[B*T, V]``
-    logits); for evaluation (``train=False``), ``chunked_cross_entropy`` (no gradient work).
-    """
-    hidden, _ = Decoder(config).apply(
-        {"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"], return_hidden=True
-    )
-    mask = batch["loss_mask"] * (batch["segment_ids"] > 0)
-    kernel = head_kernel(config, params)
-    if chunk_size >= mask.size:  # one chunk: plain logits, no recomputation in the backward pass
-        logits = vocab_logits(hidden, kernel)
-        loss, aux = cross_entropy_loss(logits, batch["targets"], mask)
-    elif train:
-        loss, aux = fused_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)
-    else:
-        loss, aux = chunked_cross_entropy(hidden, kernel, batch["targets"], mask, chunk_size)
-    num_tokens = aux["num_tokens"]
-    return loss * jnp.maximum(num_tokens, 1.0), num_tokens, aux["correct"]
+from jaxpt.models.logprobs import lm_loss
 
 
 def loss_chunk_size(given: int, vocab_size: int, tokens: int) -> int:

@@ -5,7 +5,7 @@
 Four groups of metrics, each switched on by its config section (see ``configs/eval/``):
 
 * **likelihood** (``likelihood.enabled``): masked next-token ``loss``, ``perplexity`` and ``token_accuracy`` on
-  the dataset's reference completions, computed exactly as SFT training computes them (``jaxpt.algorithms.sft``
+  the dataset's reference completions, computed exactly as SFT training computes them (``jaxpt.models.logprobs``
   ``lm_loss`` over ``build_sft_dataset`` examples, one example per row).
 * **generation** (``generation.enabled``): completions sampled with the jitted sampler, scored against the
   references with ``jaxpt.evaluation.metrics`` (exact match, classification / token P-R-F1, BLEU, chrF, ROUGE),
@@ -43,6 +43,7 @@ from ml_collections import ConfigDict
 from jaxpt.data.tokenizer import encode_prompt, encode_prompts, is_messages, load_tokenizer
 from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.logprobs import lm_loss
 from jaxpt.rewards import RewardModelScorer
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,6 @@ def sample_texts(
 
 @functools.partial(jax.jit, static_argnames=("config", "chunk_size"))
 def _lm_sums(config: ModelConfig, params: Any, batch: dict[str, jax.Array], chunk_size: int):
-    from jaxpt.algorithms.sft import lm_loss
-
     return lm_loss(config, params, batch, chunk_size)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.models.matmul import transposed_copy
+from jaxpt.models.matmul import softcap, transposed_copy
 
 Array = jax.Array
 
@@ -62,11 +62,6 @@ def masked_mean(x: Array, mask: Array, axis: int | tuple[int, ...] | None = None
     return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
 
 
-def sequence_logprobs(logits: Array, targets: Array, loss_mask: Array) -> Array:
-    """Sum of masked token log-probs per row: ``log p(y | x) = sum_t m_t log p(y_t | ...)``, ``[B]``."""
-    return masked_sum(token_logprobs(logits, targets), loss_mask, axis=-1)
-
-
 def cross_entropy_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple[Array, dict[str, Array]]:
     """Token-mean negative log-likelihood: ``sum(nll * m) / max(sum(m), 1)``.
 
@@ -99,7 +94,8 @@ def chunked_cross_entropy(
     flattened, right-padded (mask 0) to a multiple of ``chunk_size`` and mapped over with ``lax.map``; each
     chunk is ``jax.checkpoint``-ed, so both the forward and the backward pass hold only one ``[chunk, V]``
     block of logits (the backward recomputes it). Logits are accumulated in float32. ``logit_softcap`` applies
-    ``c * tanh(z / c)`` (Gemma-2 style) before the softmax. Same ``(loss, aux)`` as ``cross_entropy_loss``.
+    ``softcap`` (``c * tanh(z / c)``, Gemma style) before the softmax. Same ``(loss, aux)`` as
+    ``cross_entropy_loss``.
     """
     emb = hidden.shape[-1]
     h = hidden.reshape(-1, emb)
@@ -121,8 +117,7 @@ def chunked_cross_entropy(
         logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
-        if logit_softcap is not None:
-            logits = logit_softcap * jnp.tanh(logits / logit_softcap)
+        logits = softcap(logits, logit_softcap)
         nll = -token_logprobs(logits, tc)
         return masked_sum(nll, mc), jnp.sum(top1_correct(logits, tc) * mc)
 
@@ -135,7 +130,12 @@ def chunked_cross_entropy(
 
 
 def fused_cross_entropy(
-    hidden: Array, head_kernel: Array, targets: Array, loss_mask: Array, chunk_size: int
+    hidden: Array,
+    head_kernel: Array,
+    targets: Array,
+    loss_mask: Array,
+    chunk_size: int,
+    logit_softcap: float | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """``cross_entropy_loss(hidden @ head_kernel, ...)`` with its gradient computed in the forward pass.
 
@@ -145,7 +145,8 @@ def fused_cross_entropy(
     cut-cross-entropy, in plain JAX): three matmuls like the unfused loss, but no ``[B*T, V]`` logits, softmax
     or transposed gradient buffer ever exists, and on CPU the block stays in cache. The backward pass only
     scales the saved gradients. Same ``(loss, aux)`` as ``cross_entropy_loss``; the gradient flows to
-    ``hidden`` and ``head_kernel`` (not through ``aux["correct"]``).
+    ``hidden`` and ``head_kernel`` (not through ``aux["correct"]``). ``logit_softcap`` soft-caps the logits
+    (``softcap``) and multiplies their gradient by the cap's derivative, ``1 - tanh^2 = 1 - (capped / c)^2``.
     """
     emb = hidden.shape[-1]
     h = hidden.reshape(-1, emb)
@@ -163,7 +164,7 @@ def fused_cross_entropy(
 
         def block(d_kernel, xs):
             hc, tc, mc = xs
-            logits = jnp.dot(hc, kernel, preferred_element_type=jnp.float32)
+            logits = softcap(jnp.dot(hc, kernel, preferred_element_type=jnp.float32), logit_softcap)
             # one exp pass serves the log-sum-exp and the softmax in the gradient (~2% of the SFT step)
             top = jnp.max(logits, axis=-1)
             weights = jnp.exp(logits - top[:, None])
@@ -173,6 +174,8 @@ def fused_cross_entropy(
             correct = jnp.sum(top1_correct(logits, tc) * mc)
             d_logits = weights * (mc / total)[:, None]
             d_logits = d_logits - jax.nn.one_hot(tc, vocab, dtype=jnp.float32) * mc[:, None]
+            if logit_softcap:  # through the cap: d capped / d z = 1 - tanh(z / c)^2
+                d_logits = d_logits * (1.0 - jnp.square(logits / logit_softcap))
             d_h = jnp.dot(d_logits.astype(hc.dtype), kernel.T, preferred_element_type=jnp.float32)
             d_kernel = d_kernel + jnp.dot(
                 transposed_copy(hc), d_logits.astype(hc.dtype), preferred_element_type=jnp.float32

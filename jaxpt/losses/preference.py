@@ -1,6 +1,6 @@
 """Preference losses: Bradley-Terry reward models and the DPO family (DPO/cDPO, rDPO, IPO, SLiC, SimPO, ORPO).
 
-Inputs are per-sequence *summed* completion log-probs ``[B]`` (``jaxpt.losses.lm.sequence_logprobs``) of the
+Inputs are per-sequence *summed* completion log-probs ``[B]`` (``jaxpt.models.logprobs.sequence_logprobs``) of the
 policy and, for the reference-based losses, the frozen reference model. Length-normalised losses (SimPO, ORPO,
 optionally IPO) also take the completion lengths ``|y|`` (number of loss tokens, ``loss_mask.sum(-1)``).
 Everything is a batch mean; metrics are stop-gradient batch means.

@@ -7,8 +7,6 @@ Log-probs are of the sampled tokens (``jaxpt.losses.lm.token_logprobs``).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
@@ -146,19 +144,6 @@ def update_kl_coef(
     ``beta <- beta (1 + K_beta e)`` with ``K_beta = n_steps / horizon`` (TRL's ``AdaptiveKLController``)."""
     error = jnp.clip(jnp.asarray(current_kl, jnp.float32) / target - 1.0, -0.2, 0.2)
     return jnp.asarray(coef, jnp.float32) * (1.0 + error * n_steps / horizon)
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptiveKLController:
-    """Immutable adaptive-KL state; ``update`` returns a new controller (see ``update_kl_coef``)."""
-
-    value: float
-    target: float
-    horizon: float
-
-    def update(self, current_kl: float, n_steps: int) -> AdaptiveKLController:
-        new = update_kl_coef(self.value, current_kl, n_steps, self.target, self.horizon)
-        return dataclasses.replace(self, value=float(new))
 
 
 def grpo_advantages(rewards: Array, group_size: int, scale_rewards: bool = True, eps: float = 1e-4) -> Array:

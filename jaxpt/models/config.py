@@ -41,6 +41,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: tuple[tuple[str, Any], ...] | None = None  # frozen dict items
     sliding_window: int | None = None
+    final_logit_softcapping: float | None = None  # LM-head logits -> cap * tanh(logits / cap) (Gemma's name)
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
@@ -114,6 +115,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=_as_tuple_or_int(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
+            final_logit_softcapping=hf.get("final_logit_softcapping"),
             hf_config=_freeze(hf),
         )
         if model_type == "gpt2":
@@ -185,6 +187,10 @@ class ModelConfig:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, key)
             hf[key] = list(value) if isinstance(value, tuple) else value
+        if self.final_logit_softcapping:
+            hf["final_logit_softcapping"] = self.final_logit_softcapping
+        else:
+            hf.pop("final_logit_softcapping", None)
         hf["torch_dtype"] = hf.pop("torch_dtype", None) or self.param_dtype
         return hf
 

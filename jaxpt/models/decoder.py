@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.matmul import matmul
+from jaxpt.models.matmul import matmul, softcap
 from jaxpt.sharding import unbox
 
 Array = jax.Array
@@ -297,7 +297,9 @@ class Decoder(nn.Module):
     """Causal LM. Returns ``(logits or final hidden states, updated cache or None)``.
 
     ``last_logits_only`` projects only the last position onto the vocabulary (a generation prefill needs
-    nothing else: for a 128-token prompt that skips 99% of the LM-head work).
+    nothing else: for a 128-token prompt that skips 99% of the LM-head work). Logits are soft-capped when
+    ``final_logit_softcapping`` is set. Auxiliary losses go into the ``"aux_loss"`` collection (``self.sow``;
+    ``jaxpt.models.logprobs.decoder_forward`` collects them; scanned layers stack them).
     """
 
     config: ModelConfig
@@ -362,7 +364,7 @@ class Decoder(nn.Module):
         if c.scan_layers:
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "aux_loss": 0},  # what layers sow (jaxpt/models/logprobs.py)
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=c.num_layers,
@@ -395,6 +397,7 @@ class Decoder(nn.Module):
                 kernel_init=_init(0.02, ("embed", "vocab")),
                 name="lm_head",
             )(x)
+        logits = softcap(logits, c.final_logit_softcapping)
         logits = _constrain(logits, ("act_batch", "act_length", "act_vocab"))
         return logits, new_cache
 
@@ -412,60 +415,6 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
 
     layers: Any = layer() if config.scan_layers else [layer() for _ in range(config.num_layers)]
     return {"layers": layers, "segment_ids": jnp.zeros((batch, max_length), jnp.int32)}
-
-
-def shared_prompt_forward(config: ModelConfig, params: dict[str, Any], batch: dict[str, Array]) -> tuple[Array, Array]:
-    """Final hidden states ``(prompts [Np, P, E], completions [R, C, E])`` for completions sharing prompts.
-
-    ``batch["prompt_tokens"]`` / ``["prompt_mask"]`` ``[Np, P]`` left-padded; completion row ``r`` of
-    ``["completion_tokens"]`` (``[R, C]``, right-padded, ``["completion_segment_ids"]`` 1 on its tokens)
-    continues prompt ``r % Np`` (rows hold ``R / Np`` copies of the
-    prompt list, one after the other: a layout that strided micro-batches keep, as they take prompts and rows
-    ``m, m + n, ...``). Each prompt runs once: its forward fills a KV cache, whose rows are gathered for the
-    completions, which run on top of it (the generation code path; gradients flow through the cached keys
-    and values into the prompt). Equal to one forward over each ``prompt + completion`` row, at a fraction of
-    the tokens (DPO and reward models: 2 completions per prompt, GRPO: G).
-    """
-    prompt_tokens, prompt_mask = batch["prompt_tokens"], batch["prompt_mask"]
-    completion_tokens, completion_segment_ids = batch["completion_tokens"], batch["completion_segment_ids"]
-    model = Decoder(config)
-    p, c = prompt_tokens.shape[1], completion_tokens.shape[1]
-    prompts, rows = prompt_tokens.shape[0], completion_tokens.shape[0]
-    if rows % prompts:
-        raise ValueError(f"{rows} completion rows are not a whole number of copies of {prompts} prompts")
-    prompt_index = jnp.tile(jnp.arange(prompts), rows // prompts)
-    cache = init_cache(config, prompts, p + c)
-    prompt_hidden, cache = model.apply(
-        {"params": params},
-        prompt_tokens,
-        positions_from_mask(prompt_mask),
-        prompt_mask,
-        cache=cache,
-        cache_index=0,
-        return_hidden=True,
-    )
-    # the batch axis: first of segment ids [B, S], 4th from the end of keys / values [(L,) B, K, D|S, S|D]
-    cache = jax.tree.map(lambda x: jnp.take(x, prompt_index, axis=x.ndim - 4 if x.ndim >= 4 else 0), cache)
-    prompt_lengths = jnp.sum(prompt_mask, axis=1)[prompt_index][:, None]
-    positions = (prompt_lengths + jnp.arange(c)[None, :]) * completion_segment_ids
-    hidden, _ = model.apply(
-        {"params": params},
-        completion_tokens,
-        positions,
-        completion_segment_ids,
-        cache=cache,
-        cache_index=p,
-        return_hidden=True,
-    )
-    return prompt_hidden, hidden
-
-
-def shared_prompt_hidden(config: ModelConfig, params: dict[str, Any], batch: dict[str, Array]) -> Array:
-    """``[R, C, E]``: the hidden state that predicts each completion token (``shared_prompt_forward``'s batch):
-    the state at the token before it, the prompt's last one for the first."""
-    prompt_hidden, hidden = shared_prompt_forward(config, params, batch)
-    last = jnp.tile(prompt_hidden[:, -1:], (hidden.shape[0] // prompt_hidden.shape[0], 1, 1))
-    return jnp.concatenate([last, hidden[:, :-1]], axis=1)
 
 
 def head_kernel(config: ModelConfig, params: dict[str, Any]) -> Array:

@@ -10,6 +10,9 @@ backward written column by column: 15 ms instead of 1.5). Here the backward pass
 
 Same values as ``jnp.tensordot`` (the gradients are the same sums, in another order); the dtype rules are
 those of autodiff: cotangents in the operands' dtype, matmuls accumulating in float32.
+
+The LM head's logits are made here too (``vocab_logits``), and soft-capped here (``softcap``), so that the
+decoder, the blocked log-probs and the fused cross-entropy share one definition.
 """
 
 from __future__ import annotations
@@ -58,3 +61,12 @@ def vocab_logits(h: Array, kernel: Array) -> Array:
     """float32 logits ``h [..., E] @ kernel [E, V]`` (the LM head, in ``h``'s compute dtype), with ``matmul``'s
     backward pass."""
     return matmul(h, kernel.astype(h.dtype), 1, jnp.float32)
+
+
+def softcap(logits: Array, cap: float | None) -> Array:
+    """``cap * tanh(logits / cap)`` (Gemma's ``final_logit_softcapping``), in ``logits``' dtype; unchanged when
+    ``cap`` is None or 0. The one soft-capping of the LM head's logits: the decoder's, the blocked log-probs'
+    and the cross-entropies' (``jaxpt.losses.lm``) all call it."""
+    if not cap:
+        return logits
+    return cap * jnp.tanh(logits / cap)

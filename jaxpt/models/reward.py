@@ -21,8 +21,8 @@ Array = jax.Array
 
 
 def score_head(config: ModelConfig) -> nn.Dense:
-    """The ``[embed, 1]`` head (``params["score"]``); also applied on its own to hidden states from
-    ``shared_prompt_forward``."""
+    """The ``[embed, 1]`` head (``params["score"]``); also applied on its own to the pooled hidden states of
+    ``jaxpt.models.logprobs.last_token_states``."""
     return nn.Dense(
         1,
         use_bias=False,
@@ -48,12 +48,14 @@ class ScalarHeadModel(nn.Module):
 
 
 def last_token_value(values: Array, segment_ids: Array | None) -> Array:
-    """``values[b, t_last(b)]`` where ``t_last`` is the rightmost non-padding token (HF's pooling rule)."""
+    """``values[b, t_last(b)]`` where ``t_last`` is the rightmost non-padding token (HF's pooling rule);
+    ``values`` is ``[B, T, ...]`` (per-token scores or hidden states)."""
     if segment_ids is None:
         return values[:, -1]
     t = jnp.arange(values.shape[1])[None, :]
     last = jnp.max(jnp.where(segment_ids > 0, t, 0), axis=1)
-    return jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]
+    index = last.reshape(-1, 1, *([1] * (values.ndim - 2)))
+    return jnp.take_along_axis(values, index, axis=1)[:, 0]
 
 
 def init_reward_params(config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False) -> Any:

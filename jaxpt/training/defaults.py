@@ -27,6 +27,13 @@ def train_config(**overrides) -> ConfigDict:
             export_hf=True,
             loss_chunk_size=0,  # tokens per block of the LM-head loss; 0 = auto (~4M logits a block, see sft.py)
             peak_flops=0.0,  # 0 = measure a matmul peak at start-up, for MFU
+            # Which parameters train (jaxpt/training/trainable.py): regexes fully matching '/'-joined parameter
+            # paths ("embed/embedding", "layers_0/mlp/up/kernel", "lm_head/kernel"; PPO: "policy/…", "value/…";
+            # with model.scan_layers one stacked leaf per weight, "layers/mlp/up/kernel"). A parameter trains if
+            # a `trainable` pattern matches it and no `frozen` one does; a pattern matching nothing is an error.
+            # Frozen parameters get no gradients and no optimizer state. E.g. frozen=("embed/.*",).
+            trainable=(".*",),
+            frozen=(),
         )
     )
     cfg.update(overrides)

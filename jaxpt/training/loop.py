@@ -29,12 +29,14 @@ from jaxpt.sharding import (
     normalize_rules,
     param_shardings,
     shard_batch,
+    unbox,
 )
 from jaxpt.training.checkpoint import Checkpointer
 from jaxpt.training.logging import MetricsLogger
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, create_state, state_shardings
 from jaxpt.training.step import jit_train_step, make_train_step
+from jaxpt.training.trainable import count_params, mask_from_config
 from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
 from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
 
@@ -89,9 +91,12 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         parts = build(config, model_config, tokenizer, mesh)
-        tx, schedule = make_optimizer(config.optimizer, total_steps * parts.updates_per_step)
+        trainable = mask_from_config(t, unbox(parts.abstract_params), parts.trainable)
+        n_trainable, n_params = count_params(parts.abstract_params, trainable)
+        print(f"parameters: {n_trainable:,} of {n_params:,} train ({100 * n_trainable / n_params:.3g}%)", flush=True)
+        tx, schedule = make_optimizer(config.optimizer, total_steps * parts.updates_per_step, trainable)
         shardings = state_shardings(parts.abstract_params, tx, mesh, rules)
-        step_fn = make_train_step(parts.loss_fn, tx, schedule, t.grad_accum_steps)
+        step_fn = make_train_step(parts.loss_fn, tx, schedule, t.grad_accum_steps, trainable)
         params_shardings = param_shardings(parts.abstract_params, mesh, rules)
         jit_step = jit_train_step(step_fn, shardings, mesh)
         jit_eval = jax.jit(parts.eval_fn, in_shardings=(params_shardings, batch_sharding(mesh), None))
@@ -122,6 +127,7 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
 
         logger = MetricsLogger(workdir, total_steps, enabled=True)
         logger.advance(start)
+        logger.log(start, {"trainable_params": n_trainable, "total_params": n_params}, prefix="")
         result: dict[str, Any] = {}
         if parts.eval_batches and start == 0:
             result["eval_before"] = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)

@@ -1,4 +1,5 @@
-"""Optimizer from config: optax AdamW with warmup + cosine/linear/constant decay and global-norm clipping."""
+"""Optimizer from config: optax AdamW with warmup + cosine/linear/constant decay and global-norm clipping, masked
+to the trainable parameters (``train.trainable`` / ``train.frozen``, ``jaxpt/training/trainable.py``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,12 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(cfg: ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    cfg: ConfigDict, total_steps: int, trainable: Any = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer and its schedule. ``trainable`` (a mask from ``jaxpt.training.trainable``; None: all train)
+    wraps it in ``optax.masked``: no state (no Adam moments) for frozen leaves, gradient clipping by the norm of
+    the trainable gradients only. The train step (``make_train_step``, same mask) passes no frozen gradients."""
     schedule = make_schedule(cfg, total_steps)
     parts = []
     if cfg.grad_clip_norm:
@@ -48,7 +54,8 @@ def make_optimizer(cfg: ConfigDict, total_steps: int) -> tuple[optax.GradientTra
     parts.append(
         optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
     )
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    return (tx if trainable is None else optax.masked(tx, trainable)), schedule
 
 
 def optimizer_config(**overrides: Any) -> ConfigDict:

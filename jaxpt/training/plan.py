@@ -16,6 +16,7 @@ from their data and reference models, which a plan would have to load.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,11 @@ from jaxpt.algorithms import sft
 from jaxpt.data.sft import make_batch
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
-from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules
+from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules, unbox
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, state_shardings
 from jaxpt.training.step import jit_train_step, make_train_step
+from jaxpt.training.trainable import count_params, mask_from_config
 from jaxpt.utils.flops import train_flops_per_token
 
 # Published HBM per chip, by JAX's device_kind (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
@@ -45,7 +47,9 @@ class StepPlan:
     num_devices: int
     mesh: dict[str, int]
     num_params: int
+    trainable_params: int  # train.trainable / train.frozen: only these have optimizer state
     argument_bytes: int  # train state + batch shard
+    optimizer_bytes: int  # the optimizer state's part of argument_bytes (counted from its shapes and shardings)
     output_bytes: int
     alias_bytes: int  # outputs written into donated arguments (the state)
     temp_bytes: int  # activations, gradients and other temporaries
@@ -97,15 +101,18 @@ def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, toke
     chunk = sft.config_chunk_size(config, model_config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = abstract_params(model_config)
-        tx, schedule = make_optimizer(config.optimizer, config.train.steps)
+        trainable = mask_from_config(config.train, unbox(boxed))
+        tx, schedule = make_optimizer(config.optimizer, config.train.steps, trainable)
         shardings = state_shardings(boxed, tx, mesh, rules)
-        step = make_train_step(sft.make_loss_fn(model_config, chunk), tx, schedule, config.train.grad_accum_steps)
+        loss_fn = sft.make_loss_fn(model_config, chunk)
+        step = make_train_step(loss_fn, tx, schedule, config.train.grad_accum_steps, trainable)
         # the layout the SFT data iterator makes, with empty rows
         host_batch = make_batch([], [[] for _ in range(b)], t)
         batch = {
             k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh)) for k, v in host_batch.items()
         }
-        lowered = jit_train_step(step, shardings, mesh).lower(abstract_state(shardings, boxed, tx), batch, None)
+        state = abstract_state(shardings, boxed, tx)
+        lowered = jit_train_step(step, shardings, mesh).lower(state, batch, None)
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program that cannot fit in HBM
@@ -120,12 +127,19 @@ def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, toke
         num_devices=mesh.devices.size,
         mesh=dict(zip(MESH_AXES, mesh.devices.shape, strict=True)),
         num_params=model_config.num_params(),
+        trainable_params=count_params(boxed, trainable)[0],
         argument_bytes=int(memory.argument_size_in_bytes),
+        optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
         output_bytes=int(memory.output_size_in_bytes),
         alias_bytes=int(memory.alias_size_in_bytes),
         temp_bytes=int(memory.temp_size_in_bytes),
         model_flops=train_flops_per_token(model_config, t) * b * t / mesh.devices.size,
     )
+
+
+def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
+    """Bytes of one device's shard of ``x`` (an even split: the shardings here divide their dimensions)."""
+    return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
 
 
 def format_plan(plan: StepPlan) -> str:
@@ -135,9 +149,12 @@ def format_plan(plan: StepPlan) -> str:
         return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
     mesh = ", ".join(f"{k}={v}" for k, v in plan.mesh.items())
+    trained = plan.trainable_params
     lines = [
-        f"devices: {plan.num_devices} x {plan.device_kind}; mesh {mesh}; {plan.num_params / 1e6:,.1f} M parameters",
-        f"per device: arguments {gib(plan.argument_bytes)} (train state + batch), outputs {gib(plan.output_bytes)}"
+        f"devices: {plan.num_devices} x {plan.device_kind}; mesh {mesh}; {plan.num_params / 1e6:,.1f} M parameters"
+        + (f", {trained / 1e6:,.1f} M of them trained" if trained < plan.num_params else ""),
+        f"per device: arguments {gib(plan.argument_bytes)} (train state + batch; optimizer state "
+        f"{gib(plan.optimizer_bytes)}), outputs {gib(plan.output_bytes)}"
         f" ({gib(plan.alias_bytes)} of them in donated buffers), temporaries {gib(plan.temp_bytes)}",
         f"peak per device: {gib(plan.peak_bytes)}"
         + (
