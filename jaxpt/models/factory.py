@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
 from jaxpt.models.config import ModelConfig
@@ -41,7 +40,3 @@ def model_params_from(cfg: ConfigDict, config: ModelConfig, shardings: Any, seed
         _, params = load_hf(cfg.path, shardings=shardings, **run)
         return params
     return jax.jit(lambda: init_params(config, jax.random.key(seed)), out_shardings=shardings)()
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

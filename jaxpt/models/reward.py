@@ -72,11 +72,6 @@ def abstract_reward_params(config: ModelConfig) -> Any:
     return jax.eval_shape(lambda: init_reward_params(config, jax.random.key(0), boxed=True))
 
 
-def decoder_only(params: Any) -> Any:
-    """Reward/value params -> the decoder part (for initialising other models from it)."""
-    return params["decoder"]
-
-
 __all__ = [
     "ScalarHeadModel",
     "abstract_reward_params",
