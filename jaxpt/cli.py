@@ -46,8 +46,8 @@ def _cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
     import jax
 
-    from jaxpt.data.tokenizer import encode_prompts, load_tokenizer
-    from jaxpt.generation.sampler import SamplingConfig, generate
+    from jaxpt.data.tokenizer import load_tokenizer
+    from jaxpt.generation.frontend import Sampler, sampling_config
     from jaxpt.models import orbax_io
 
     if rest:
@@ -57,22 +57,10 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
     prompts = args.prompt
     if args.chat:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
-    enc = encode_prompts(tokenizer, prompts, max_length=args.max_prompt_length, chat=args.chat)
-    eos = tuple(
-        sorted({*config.eos_token_ids, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
-    )
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_token_ids=eos,
-        pad_token_id=tokenizer.pad_token_id or 0,
-    )
-    out = generate(config, params, enc["tokens"], enc["mask"], jax.random.key(args.seed), sampling)
-    tokens, lengths = jax.device_get((out.tokens, out.lengths))
-    for prompt, row, n in zip(args.prompt, tokens, lengths, strict=True):
-        text = tokenizer.decode(row[:n], skip_special_tokens=True)
+    sampling = sampling_config(config, tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    sampler = Sampler(config, tokenizer, sampling, max_prompt_len=args.max_prompt_length, chat=args.chat)
+    out = sampler(params, prompts, jax.random.key(args.seed))
+    for prompt, text, n in zip(args.prompt, out.texts, out.lengths, strict=True):
         print(json.dumps({"prompt": prompt, "completion": text, "num_tokens": int(n)}))
     return 0
 

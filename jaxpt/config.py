@@ -8,6 +8,7 @@ the field they replace, so a typo or a wrong type fails loudly before any comput
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import importlib.util
 import inspect
@@ -32,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_cli",
     "save_config",
+    "with_defaults",
 ]
 
 CONFIG_FILENAME = "config.json"
@@ -112,6 +114,31 @@ def _unknown_field(config: ml_collections.ConfigDict, field: str) -> ConfigError
         close = [p for p in paths if difflib.get_close_matches(leaf, [p.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return ConfigError(f"unknown config field {field!r}{hint}")
+
+
+def with_defaults(given: Any, defaults: ml_collections.ConfigDict, section: str = "") -> ml_collections.ConfigDict:
+    """``defaults`` updated with ``given``, recursively into sub-sections (a section's defaults are a dict).
+
+    The one defaults style of the code base: every algorithm, eval and data generation section is read
+    through this, so a key its defaults do not have is a :class:`ConfigError` naming it (``section.key``) with
+    the closest known keys, never silently ignored.
+    """
+    base = copy.deepcopy(defaults.to_dict() if isinstance(defaults, ml_collections.ConfigDict) else dict(defaults))
+    root = ml_collections.ConfigDict({section: base} if section else base)
+
+    def merge(into: dict[str, Any], new: Any, prefix: str) -> None:
+        items = new.items() if isinstance(new, ml_collections.ConfigDict | dict) else ()
+        for key, value in items:
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in into:
+                raise _unknown_field(root, path)
+            if isinstance(into[key], dict) and isinstance(value, ml_collections.ConfigDict | dict):
+                merge(into[key], value, path)
+            else:
+                into[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+    merge(base, given, section)
+    return ml_collections.ConfigDict(base)
 
 
 def _type_error(field: str, expected: str, raw: str, why: str = "") -> ConfigError:

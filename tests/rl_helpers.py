@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpt.algorithms import rollout as rollout_lib
+from jaxpt.generation import frontend
 from jaxpt.models.decoder import init_params
 from jaxpt.training.loop import train
 
@@ -37,7 +37,7 @@ def train_recording_sampler(config, workdir: str, outputs: bool = False):
     """``train(config, workdir)`` with every sampler call recorded (the params it sampled from, the prompt
     tokens and mask, the sampling config, and with ``outputs`` what it returned); returns (result, calls)."""
     calls = []
-    real = rollout_lib.generate
+    real = frontend.generate
 
     def spy(cfg, params, tokens, mask, rng, sampling):
         out = real(cfg, params, tokens, mask, rng, sampling)
@@ -46,6 +46,6 @@ def train_recording_sampler(config, workdir: str, outputs: bool = False):
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rollout_lib, "generate", spy)
+        mp.setattr(frontend, "generate", spy)
         result = train(config, workdir)
     return result, calls

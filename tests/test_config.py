@@ -1,8 +1,9 @@
 """Configs: presets by argument, typed command-line overrides, clear errors."""
 
 import pytest
+from ml_collections import ConfigDict
 
-from jaxpt.config import ConfigError, apply_overrides, load_config, parse_cli
+from jaxpt.config import ConfigError, apply_overrides, load_config, parse_cli, with_defaults
 
 
 def test_preset_and_overrides():
@@ -31,3 +32,15 @@ def test_unknown_preset_and_missing_file():
         load_config("configs/sft/quickstart.py:huge")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/sft/nope.py")
+
+
+def test_with_defaults_merges_sections_and_names_unknown_keys():
+    defaults = ConfigDict(dict(a=1, sub=dict(x=0.5, y=(1, 2)), items=[dict(kind="k")]))
+    got = with_defaults({"sub": {"x": 2.0}, "items": [dict(kind="other", w=1)]}, defaults)
+    assert got.a == 1 and got.sub.x == 2.0 and got.sub.y == (1, 2) and got["items"] == [dict(kind="other", w=1)]
+    assert defaults.sub.x == 0.5  # the defaults are not modified
+    assert with_defaults(None, defaults).to_dict() == defaults.to_dict()
+    with pytest.raises(ConfigError, match=r"unknown config field 'rollout.sub.z'"):
+        with_defaults({"sub": {"z": 1}}, defaults, "rollout")
+    with pytest.raises(ConfigError, match=r"'rollout.sub.xx'; did you mean 'rollout.sub.x'"):
+        with_defaults(ConfigDict({"sub": {"xx": 1}}), defaults, "rollout")

@@ -7,14 +7,20 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpt.config import load_config
+from jaxpt.config import ConfigError, load_config
 from jaxpt.data.sft import load_records
 from jaxpt.datagen import pipeline as pl
-from jaxpt.evaluation import evaluate as ev
+from jaxpt.datagen.prompts import generate_prompts
+from jaxpt.datagen.store import write_jsonl
+from jaxpt.evaluation.judge import RubricJudge
+from jaxpt.generation.frontend import Sampler, sampling_from
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import init_params
 from jaxpt.models.hf import save_hf
+from jaxpt.models.loaded import load_model
 from jaxpt.models.reward import init_reward_params
+from jaxpt.rewards import verify
+from jaxpt.rewards.verifiers import first_line
 
 
 def _tiny_config(tokenizer, hidden=32):
@@ -106,18 +112,18 @@ def test_skills_generate_verifiable_prompts(tmp_path):
         skill_weights=(),
         level_weights=(0.2, 0.3, 0.5),
     )
-    rows = pl.generate_prompts(cfg, seed=3)
-    assert rows == pl.generate_prompts(cfg, seed=3)  # deterministic in the seed
+    rows = generate_prompts(cfg, seed=3)
+    assert rows == generate_prompts(cfg, seed=3)  # deterministic in the seed
     assert len({r["prompt"] for r in rows}) == 60
     assert {r["skill"] for r in rows} == set(cfg["skills"]) and {r["difficulty"] for r in rows} == {1, 2, 3}
     for r in rows:  # the reference answer passes the skill's verifier, a corrupted one does not
-        assert pl.verify(r["skill"], r["prompt"], r["reference"] + "\n", r["reference"])
-        assert not pl.verify(r["skill"], r["prompt"], "x" + r["reference"], r["reference"])
+        assert verify(r["skill"], r["prompt"], r["reference"] + "\n", r["reference"])
+        assert not verify(r["skill"], r["prompt"], "x" + r["reference"], r["reference"])
     # Excluded prompts (an eval split) never come out.
     excluded = {r["prompt"] for r in rows[:20]}
     path = str(tmp_path / "exclude.jsonl")
-    pl._write_jsonl(path, [{"prompt": p} for p in excluded])
-    again = pl.generate_prompts({**cfg, "exclude_file": path}, seed=3)
+    write_jsonl(path, [{"prompt": p} for p in excluded])
+    again = generate_prompts({**cfg, "exclude_file": path}, seed=3)
     assert not excluded & {r["prompt"] for r in again}
 
 
@@ -136,11 +142,12 @@ def test_planted_duplicates_and_wrong_answers_are_removed(teacher_dir, tmp_path)
     ]
     planted = ["Capital  of PERU", "apple pie recipe", "how many legs has a spider?"]
     wrong = {1, 4, 6}
-    teacher = ev.load_model(teacher_dir)
-    sampling = ev.make_sampling(dict(max_new_tokens=4, temperature=0.0), teacher.config, teacher.tokenizer)
+    teacher = load_model(teacher_dir)
+    sampling = sampling_from(dict(max_new_tokens=4, temperature=0.0), teacher.config, teacher.tokenizer)
     flat = [p for p in base for _ in range(2)]  # the pipeline's batch layout (prompt x sample)
-    outs = ev.sample_texts(teacher, flat, sampling, batch_size=8, max_prompt_length=32)[::2]
-    refs = [pl._first_line(o["completion"]) if i not in wrong else "WRONG ANSWER" for i, o in enumerate(outs)]
+    sampler = Sampler(teacher.config, teacher.tokenizer, sampling, max_prompt_len=32, batch_size=8)
+    outs = sampler.sample_all(teacher.params, flat).rows()[::2]
+    refs = [first_line(o["completion"]) if i not in wrong else "WRONG ANSWER" for i, o in enumerate(outs)]
     seed_file = tmp_path / "seeds.jsonl"
     rows = [
         {"prompt": p, "reference": r, "difficulty": 1 + i % 2} for i, (p, r) in enumerate(zip(base, refs, strict=True))
@@ -172,6 +179,14 @@ def test_planted_duplicates_and_wrong_answers_are_removed(teacher_dir, tmp_path)
     pairs_rep = rep["filters"]["preferences"][-1]
     assert pairs_rep["kept"] == 0 and pairs_rep["reasons"] == {"single_sample": 8}
     assert "prompt_near_dedup" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_unknown_config_field_is_refused_before_anything_is_written(teacher_dir, tmp_path):
+    cfg = _config(teacher_dir)
+    cfg.filters.min_rewrd = 0.5
+    with pytest.raises(ConfigError, match=r"'filters.min_rewrd'; did you mean 'filters.min_reward'"):
+        pl.run(cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_after_interruption_gives_the_same_dataset(teacher_dir, rm_dir, tmp_path):
@@ -261,7 +276,7 @@ def test_provenance_columns_and_parquet(teacher_dir, tmp_path):
     # The SFT set loads straight into SFT training data.
     from jaxpt.data.sft import build_sft_dataset
 
-    assert build_sft_dataset(out["paths"]["sft"], ev.load_model(teacher_dir).tokenizer, seq_len=32)
+    assert build_sft_dataset(out["paths"]["sft"], load_model(teacher_dir).tokenizer, seq_len=32)
 
 
 def test_self_judged_pairs(teacher_dir, tmp_path, monkeypatch):
@@ -276,7 +291,7 @@ def test_self_judged_pairs(teacher_dir, tmp_path, monkeypatch):
             for c in self.criteria
         }
 
-    monkeypatch.setattr(ev.RubricJudge, "replies", replies)
+    monkeypatch.setattr(RubricJudge, "replies", replies)
     cfg = _config(
         teacher_dir,
         sampling=dict(num_samples=3, temperature=1.0, max_new_tokens=6),
@@ -315,5 +330,5 @@ def test_chat_prompts_are_stored_as_conversations(teacher_dir, tmp_path):
     assert rows and all(r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"].endswith("=") for r in rows)
     from jaxpt.data.sft import build_sft_dataset
 
-    examples = build_sft_dataset(out["paths"]["sft"], ev.load_model(teacher_dir).tokenizer, seq_len=48)
+    examples = build_sft_dataset(out["paths"]["sft"], load_model(teacher_dir).tokenizer, seq_len=48)
     assert len(examples) == len(rows)

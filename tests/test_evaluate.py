@@ -9,14 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.config import ConfigError
 from jaxpt.data.preference import encode_scored
 from jaxpt.data.sft import tokenize_example
 from jaxpt.evaluation import evaluate as ev
+from jaxpt.evaluation import judge as jd
 from jaxpt.evaluation.metrics import compute_generation_metrics, win_rate
+from jaxpt.generation.frontend import Sampler, sampling_from
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, init_params
 from jaxpt.models.hf import save_hf
+from jaxpt.models.loaded import load_model, load_reward_model
 from jaxpt.models.reward import ScalarHeadModel, init_reward_params
+from jaxpt.rewards import RewardModelScorer
 from jaxpt.utils.tensorboard import read_scalars
 
 RECORDS = [
@@ -71,7 +76,7 @@ def model_dir(tmp_path_factory, char_tokenizer):
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return ev.load_model(model_dir)
+    return load_model(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +131,10 @@ def test_likelihood_equals_direct_computation(model):
 def test_generation_metrics_plumbing(model):
     """References equal to the model's own greedy output for 3 of 5 prompts: exact match is exactly 3/5."""
     cfg = _cfg(likelihood=dict(enabled=False), generation=dict(verifier="exact", metrics=("exact_match", "token_f1")))
-    sampling = ev.make_sampling(cfg.generation, model.config, model.tokenizer)
+    sampling = sampling_from(cfg.generation, model.config, model.tokenizer)
     prompts = [r["prompt"] for r in RECORDS]
-    outs = ev.sample_texts(model, prompts, sampling, batch_size=4, max_prompt_length=16)
+    sampler = Sampler(model.config, model.tokenizer, sampling, max_prompt_len=16, batch_size=4)
+    outs = sampler.sample_all(model.params, prompts).rows()
     records = [
         {"prompt": p, "completion": o["completion"].strip() if i < 3 else "no-such-answer"}
         for i, (p, o) in enumerate(zip(prompts, outs, strict=True))
@@ -150,6 +156,15 @@ def test_generation_metrics_plumbing(model):
     assert "loss" not in metrics  # likelihood switched off
 
 
+def test_unknown_eval_field_is_an_error_naming_it(model):
+    cfg = _cfg()
+    cfg.generation.verifer = "exact"  # a typo must not be silently ignored
+    with pytest.raises(
+        ConfigError, match=r"unknown config field 'generation.verifer'; did you mean 'generation.verifier'"
+    ):
+        ev.evaluate_params(model.config, model.params, model.tokenizer, cfg, records=RECORDS[:1])
+
+
 def test_arithmetic_verifier_and_all_text_metrics(model):
     cfg = _cfg(generation=dict(metrics=("exact_match", "token_f1", "classification", "bleu", "chrf", "rouge")))
     metrics = ev.evaluate_params(model.config, model.params, model.tokenizer, cfg, records=RECORDS[:3])
@@ -159,8 +174,8 @@ def test_arithmetic_verifier_and_all_text_metrics(model):
 
 
 def test_reward_model_scores_and_win_rate(model, rm_dir):
-    rm = ev.load_reward_model(rm_dir)
-    scorer = ev.reward_scorer(rm, seq_len=24, batch_size=4)
+    rm = load_reward_model(rm_dir)
+    scorer = RewardModelScorer(rm.config, rm.params, rm.tokenizer, max_length=24, batch_size=4)
     prompts = [r["prompt"] for r in RECORDS]
     comps = [r["completion"] for r in RECORDS]
     got = scorer.score(prompts, comps)
@@ -203,27 +218,27 @@ def test_reward_model_scores_and_win_rate(model, rm_dir):
     ],
 )
 def test_parse_judge_score(text, want):
-    assert ev.parse_judge_score(text, 1, 10) == want
+    assert jd.parse_judge_score(text, 1, 10) == want
 
 
 def test_parse_judge_scores_multi_criteria():
     crit = ("fluency", "coherence", "relevance", "safety")
     text = "Fluency: 4/5\n- **Coherence** = 7\nrelevance - 11\nSafety: 10"
-    assert ev.parse_judge_scores(text, crit) == {"fluency": 8.0, "coherence": 7.0, "relevance": None, "safety": 10.0}
-    assert ev.parse_judge_scores('{"Fluency": 2, "safety": 9, "coherence": "x"}', crit) == {
+    assert jd.parse_judge_scores(text, crit) == {"fluency": 8.0, "coherence": 7.0, "relevance": None, "safety": 10.0}
+    assert jd.parse_judge_scores('{"Fluency": 2, "safety": 9, "coherence": "x"}', crit) == {
         "fluency": 2.0,
         "coherence": None,
         "relevance": None,
         "safety": 9.0,
     }
-    s = ev.summarize_judge({"fluency": [8.0, None, 6.0], "safety": [None, None, None]})
+    s = jd.summarize_judge({"fluency": [8.0, None, 6.0], "safety": [None, None, None]})
     assert s["judge_fluency"] == 7.0 and s["judge_fluency_parsed"] == pytest.approx(2 / 3)
     assert math.isnan(s["judge_safety"]) and s["judge_safety_parsed"] == 0.0 and s["judge_mean"] == 7.0
-    assert ev.mean_judge_score({"a": [1.0, None], "b": [3.0, None]}) == [2.0, None]
+    assert jd.mean_judge_score({"a": [1.0, None], "b": [3.0, None]}) == [2.0, None]
 
 
 def test_rubric_judge_prompts_and_parses(model, monkeypatch):
-    judge = ev.RubricJudge(model, criteria=("fluency", "safety"), max_new_tokens=4, batch_size=4, max_prompt_length=384)
+    judge = jd.RubricJudge(model, criteria=("fluency", "safety"), max_new_tokens=4, batch_size=4, max_prompt_length=384)
     text = judge.judge_prompt("safety", "How do I bake bread?", "Mix flour and water.")
     assert "safety" in text and "How do I bake bread?" in text and "Mix flour and water." in text
     assert text.endswith("Score:") and "from 1 (worst) to 10 (best)" in text
@@ -233,7 +248,7 @@ def test_rubric_judge_prompts_and_parses(model, monkeypatch):
     # With scripted replies, evaluate_params reports parsed means and parse rates.
     replies = iter(["Score: 8", "junk", "6", "Score: 4"])
     monkeypatch.setattr(
-        ev.RubricJudge, "replies", lambda self, p, c: {crit: [next(replies), next(replies)] for crit in self.criteria}
+        jd.RubricJudge, "replies", lambda self, p, c: {crit: [next(replies), next(replies)] for crit in self.criteria}
     )
     cfg = _cfg(
         likelihood=dict(enabled=False),
@@ -278,3 +293,17 @@ def test_cli_eval_writes_report(model_dir, tmp_path):
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["prompt"] for p in preds] == [r["prompt"] for r in RECORDS]
     assert json.loads((out / "config.json").read_text())["data"]["path"] == str(data)
+
+
+def test_cli_generate_prints_the_sampler_front_end_completions(model, model_dir, capsys):
+    from jaxpt.cli import main
+
+    prompts = ["12+30=", "7-3="]
+    argv = ["generate", "--model", model_dir, "--max-new-tokens", "5", "--max-prompt-length", "16"]
+    assert main(argv + [a for p in prompts for a in ("--prompt", p)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sampling = sampling_from(dict(max_new_tokens=5), model.config, model.tokenizer)
+    want = Sampler(model.config, model.tokenizer, sampling, max_prompt_len=16)(model.params, prompts, jax.random.key(0))
+    assert [x["prompt"] for x in lines] == prompts
+    assert [x["completion"] for x in lines] == want.texts
+    assert [x["num_tokens"] for x in lines] == want.lengths.tolist()

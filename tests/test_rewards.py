@@ -10,7 +10,7 @@ from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.hf import save_hf
 from jaxpt.models.reward import ScalarHeadModel, init_reward_params
-from jaxpt.rewards import REWARD_KINDS, RewardInput, build_rewards, register_reward
+from jaxpt.rewards import REWARD_KINDS, RewardInput, RewardModelScorer, build_rewards, register_reward
 from jaxpt.sharding import DEFAULT_RULES, make_mesh
 
 
@@ -152,9 +152,10 @@ def test_reward_model_scores_prompt_and_completion(reward_model_run):
 
 
 def test_every_scorer_gives_one_text_one_score(reward_model_run):
-    """RL's reward and ``jaxpt eval`` / data generation (``reward_scorer``) score alike: the same pair gets the
-    same score, unfinished completions carry no EOS and long ones keep their end (``encode_scored``)."""
-    from jaxpt.evaluation.evaluate import load_reward_model, reward_scorer
+    """RL's reward and ``jaxpt eval`` / data generation (a ``RewardModelScorer`` of a loaded model) score
+    alike: the same pair gets the same score, unfinished completions carry no EOS and long ones keep their end
+    (``encode_scored``)."""
+    from jaxpt.models.loaded import load_reward_model
 
     path, config, params, tok = reward_model_run
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -171,7 +172,8 @@ def test_every_scorer_gives_one_text_one_score(reward_model_run):
 
     rl = build_rewards([{"kind": "reward_model", "path": path, "max_length": width}])
     _, parts = rl(_input(prompts, completions, finished=finished))
-    evaluated = reward_scorer(load_reward_model(path + "/export"), seq_len=width, batch_size=3)
+    rm = load_reward_model(path + "/export")
+    evaluated = RewardModelScorer(rm.config, rm.params, rm.tokenizer, max_length=width, batch_size=3)
     np.testing.assert_allclose(parts["reward_model"], want, atol=1e-5)
     np.testing.assert_allclose(evaluated.score(prompts, completions, finished), want, atol=1e-5)
     # without flags every completion counts as finished (reference answers): EOS at the end of each row

@@ -3,7 +3,7 @@
 jaxpt generate-data --config=configs/datagen/mixed_skills.py --output=runs/datagen/mixed \
     --config.teacher.path=PATH
 
-Every skill has a verifier (``jaxpt.datagen.pipeline.SKILLS``), so the SFT set keeps verified best-of-N samples;
+Every skill has a verifier (``jaxpt.datagen.prompts.SKILLS``), so the SFT set keeps verified best-of-N samples;
 ``filters.balance=equal`` then cuts every difficulty level to the size of the smallest, so the set is not
 dominated by the easy problems a teacher solves most often. Preference pairs are verified vs wrong samples.
 """
@@ -16,7 +16,7 @@ _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arithmetic_dis
 
 
 def get_config(arg: str | None = None):
-    c = load_config(_BASE)  # every field documented there
+    c = load_config(_BASE)  # the distillation recipe; every field is in jaxpt.datagen.pipeline.defaults()
     c.prompts.update(dict(num_prompts=600, skills=("arithmetic", "compare", "reverse", "count", "sort")))
     c.prompts.levels = (1, 2, 3)
     c.prompts.level_weights = ()

@@ -3,7 +3,7 @@
 jaxpt generate-data --config=configs/datagen/self_judged_prefs.py --output=runs/datagen/judged \
     --config.teacher.path=PATH_TO_AN_INSTRUCTION_TUNED_MODEL --config.prompts.seed_file=prompts.jsonl
 
-The judge reply ("Score: 7") is parsed by ``jaxpt.evaluation.evaluate.parse_judge_score``; unparsable replies
+The judge reply ("Score: 7") is parsed by ``jaxpt.evaluation.judge.parse_judge_score``; unparsable replies
 leave the sample unscored (reported, never guessed). Pairs are the best vs the worst judged sample per prompt
 with a margin of more than ``preferences.min_margin``; the SFT set keeps samples judged >= ``filters.min_judge``.
 A judge needs to follow instructions: the tiny quickstart model will mostly produce unparsable replies.
@@ -17,7 +17,7 @@ _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arithmetic_dis
 
 
 def get_config(arg: str | None = None):
-    c = load_config(_BASE)  # every field documented there
+    c = load_config(_BASE)  # the distillation recipe; every field is in jaxpt.datagen.pipeline.defaults()
     c.prompts.update(dict(num_prompts=256, skills=("arithmetic", "compare", "reverse", "count", "sort")))
     c.prompts.level_weights = ()
     c.prompts.exclude_file = ""

@@ -16,7 +16,7 @@ _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arithmetic.py"
 
 
 def get_config(arg: str | None = None):
-    c = load_config(_BASE)  # every field documented there
+    c = load_config(_BASE)  # every field is in jaxpt.evaluation.evaluate.defaults()
     c.data.chat = True
     c.likelihood.seq_len = 512
     c.likelihood.batch_size = 8

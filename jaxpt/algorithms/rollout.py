@@ -21,9 +21,9 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms import sft
-from jaxpt.data.sft import EpochIterator, build_sft_dataset, load_records
-from jaxpt.data.tokenizer import encode_prompts
-from jaxpt.generation.sampler import SamplingConfig, generate
+from jaxpt.data.sft import EpochIterator, build_sft_dataset, fixed_batches, load_records
+from jaxpt.evaluation.metrics import lm_metrics
+from jaxpt.generation.frontend import Sampler, sampling_config
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.factory import model_params_from
 from jaxpt.models.logprobs import batch_logprobs
@@ -215,22 +215,13 @@ class RolloutEngine:
         self.seed = int(config.seed)
         d = config.data
         self.prompt_key, self.chat = d.get("prompt_key", "prompt"), bool(d.get("chat", False))
-        eos = set(model_config.eos_token_ids)
-        if tokenizer.eos_token_id is not None:
-            eos.add(int(tokenizer.eos_token_id))
-        if not eos:
-            raise ValueError("no EOS token id (model config or tokenizer): completions could never finish")
-        self.eos = tuple(sorted(eos))
-        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0])
-        self.sampling = SamplingConfig(
-            max_new_tokens=self.new_tokens,
-            temperature=self.temperature,
-            top_k=int(r.top_k),
-            top_p=float(r.top_p),
-            eos_token_ids=self.eos,
-            pad_token_id=self.pad_id,
+        sampling = sampling_config(
+            model_config, tokenizer, self.new_tokens, self.temperature, int(r.top_k), float(r.top_p), require_stop=True
         )
-        self.greedy = dataclasses.replace(self.sampling, temperature=0.0, top_k=0, top_p=1.0)
+        self.sampler = Sampler(
+            model_config, tokenizer, sampling, max_prompt_len=self.prompt_len, chat=self.chat, put=self.put
+        )
+        self.greedy = self.sampler.replace(temperature=0.0, top_k=0, top_p=1.0)
         self.rewards = build_rewards(list(config.rewards), tokenizer=tokenizer, mesh=mesh, rules=rules_of(config))
         self.num_batch_shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
 
@@ -254,26 +245,17 @@ class RolloutEngine:
     ) -> Samples:
         """Completions of each record's prompt, ``repeat`` per prompt (rows of one prompt are contiguous)."""
         prompts = [r[self.prompt_key] for r in records]
-        enc = encode_prompts(self.tokenizer, prompts, self.prompt_len, chat=self.chat)
-        tokens = np.repeat(enc["tokens"], repeat, axis=0)
-        mask = np.repeat(enc["mask"], repeat, axis=0)
-        sampling = self.greedy if greedy else self.sampling
-        gen = generate(self.model_config, params, self.put(tokens), self.put(mask), rng, sampling)
-        out_tokens, logprobs, lengths, out_mask = (np.asarray(a) for a in jax.device_get(tuple(gen)))
-        rows = [row[:n] for row, n in zip(out_tokens, lengths, strict=True)]
-        last = np.asarray([row[-1] if len(row) else -1 for row in rows])
-        finished = np.isin(last, self.eos) & (lengths > 0)
-        completions = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        c = (self.greedy if greedy else self.sampler)(params, prompts, rng, repeat)
         rep_records = [r for r in records for _ in range(repeat)]
         return Samples(
-            prompt_tokens=tokens,
-            prompt_mask=mask,
-            tokens=out_tokens.astype(np.int32),
-            logprobs=logprobs.astype(np.float32),
-            mask=out_mask.astype(np.float32),
-            lengths=lengths.astype(np.int32),
-            finished=finished,
-            completions=list(completions),
+            prompt_tokens=c.prompt_tokens,
+            prompt_mask=c.prompt_mask,
+            tokens=c.tokens,
+            logprobs=c.logprobs,
+            mask=c.mask.astype(np.float32),
+            lengths=c.lengths,
+            finished=c.finished,
+            completions=c.texts,
             records=rep_records,
             prompts=[r[self.prompt_key] for r in rep_records],
         )
@@ -363,13 +345,13 @@ def eval_setup(config: ConfigDict, tokenizer: Any, model_config: ModelConfig, ro
     """``(eval_batches, eval_records, eval_fn_for(params_of), summarize)``: reference-completion NLL + greedy."""
     d = config.data
     if not d.get("eval"):
-        return [], [], None, sft.summarize
+        return [], [], None, lm_metrics
     records = load_prompt_records(d.eval, d.get("prompt_key", "prompt"))[: int(d.get("eval_prompts", 256))]
     seq_len = int(d.get("seq_len", 128))
     chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
     if "completion" in records[0]:
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=True)
-        batches = sft.fixed_batches(examples, config.train.batch_size, seq_len, False, tokenizer.pad_token_id or 0)
+        batches = fixed_batches(examples, config.train.batch_size, seq_len, False, tokenizer.pad_token_id or 0)
     else:  # prompts only: one empty batch (no NLL), so that the loop still runs the greedy evaluation
         shape = (config.train.batch_size, seq_len)
         keys = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
@@ -377,7 +359,7 @@ def eval_setup(config: ConfigDict, tokenizer: Any, model_config: ModelConfig, ro
     inner = sft.make_eval_fn(model_config, chunk)
 
     def summarize(totals):
-        return sft.summarize(totals) if totals.get("num_tokens", 0) > 0 else {}
+        return lm_metrics(totals) if totals.get("num_tokens", 0) > 0 else {}
 
     return batches, records, inner, summarize
 

@@ -3,7 +3,6 @@ vocabulary projection)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -16,10 +15,11 @@ from jaxpt.data.sft import (
     SFTDataIterator,
     batch_tokens,
     build_sft_dataset,
-    make_batch,
-    pack_examples,
-    unpacked_rows,
+    fixed_batches,
+    load_records,
 )
+from jaxpt.evaluation.metrics import exact_match, lm_metrics
+from jaxpt.generation.frontend import Sampler, sampling_config
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_params_from
@@ -52,42 +52,18 @@ def make_eval_fn(config: ModelConfig, chunk_size: int):
     return eval_fn
 
 
-def summarize(totals: dict[str, float]) -> dict[str, float]:
-    n = max(totals["num_tokens"], 1.0)
-    loss = totals["nll_sum"] / n
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": totals["correct"] / n}
-
-
-def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id: int) -> list[dict]:
-    """One pass over ``examples`` in order (for eval); the last batch is filled with empty rows."""
-    rows = pack_examples(examples, seq_len) if packing else unpacked_rows(examples)
-    rows += [[] for _ in range(-len(rows) % batch_size)]
-    return [make_batch(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
-
-
 def generation_exact_match(
     model_config: ModelConfig, tokenizer: Any, records: list[dict], max_new_tokens: int, prompt_len: int = 64
 ):
     """``params -> {"exact_match": …}``: greedy completions of held-out prompts vs their reference completions."""
-    from jaxpt.data.tokenizer import encode_prompts
-    from jaxpt.evaluation.metrics import exact_match
-    from jaxpt.generation.sampler import SamplingConfig, generate
-
     prompts = [r["prompt"] for r in records]
     refs = [r["completion"] for r in records]
-    enc = encode_prompts(tokenizer, prompts, max_length=prompt_len, chat=False)
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        eos_token_ids=tuple(model_config.eos_token_ids) or (tokenizer.eos_token_id,),
-        pad_token_id=tokenizer.pad_token_id,
+    sampler = Sampler(
+        model_config, tokenizer, sampling_config(model_config, tokenizer, max_new_tokens), max_prompt_len=prompt_len
     )
 
     def run(params) -> dict[str, float]:
-        out = generate(model_config, params, enc["tokens"], enc["mask"], jax.random.key(0), sampling)
-        tokens, lengths = jax.device_get((out.tokens, out.lengths))
-        preds = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths, strict=True)]
-        return {"exact_match": exact_match(preds, refs)}
+        return {"exact_match": exact_match(sampler(params, prompts, jax.random.key(0)).texts, refs)}
 
     return run
 
@@ -120,8 +96,6 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     after_eval = None
     em = config.get("eval", {}).get("exact_match_examples", 0)
     if em and d.get("eval"):
-        from jaxpt.data.sft import load_records
-
         records = [dict(r) for r in load_records(d.eval).select(range(em))]
         if "prompt" in records[0] and isinstance(records[0]["prompt"], str):
             after_eval = generation_exact_match(model_config, tokenizer, records, config.eval.max_new_tokens)
@@ -134,7 +108,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         eval_batches=eval_batches,
         loss_fn=make_loss_fn(model_config, chunk),
         eval_fn=make_eval_fn(model_config, chunk),
-        summarize=summarize,
+        summarize=lm_metrics,
         abstract_params=abstract_params(model_config),
         init_params=lambda shardings: model_params_from(config.model, model_config, shardings, config.seed),
         tokens_in_batch=batch_tokens,

@@ -467,3 +467,10 @@ class SFTDataIterator(EpochIterator):
 
     def __next__(self) -> Batch:
         return make_batch(self.examples, self._take(), self.seq_len, self.pad_id)
+
+
+def fixed_batches(examples, batch_size: int, seq_len: int, packing: bool, pad_id: int) -> list[dict]:
+    """One pass over ``examples`` in order (for eval); the last batch is filled with empty rows."""
+    rows = pack_examples(examples, seq_len) if packing else unpacked_rows(examples)
+    rows += [[] for _ in range(-len(rows) % batch_size)]
+    return [make_batch(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]

@@ -247,7 +247,8 @@ def encode_prompts(
     chat: bool,
     pad_to_longest: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Generation prompts as ``tokens`` [B, P] int32 (left-padded with the pad id) and ``mask`` [B, P] int32.
+    """Generation prompts as ``tokens`` [B, P] int32 (left-padded with the pad id), ``mask`` [B, P] int32 and
+    ``truncated`` [B] bool (the prompt was longer than ``max_length``).
 
     Left padding puts every row's last prompt token in the same slot (what the sampler expects). Prompts
     longer than ``max_length`` lose their *beginning*: the end of a prompt (the question, the generation
@@ -259,7 +260,8 @@ def encode_prompts(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("tokenizer has neither a pad nor an eos token")
-    rows = [encode_prompt(tokenizer, p, chat=chat)[-max_length:] for p in prompts]
+    full = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
+    rows = [r[-max_length:] for r in full]
     width = max((len(r) for r in rows), default=0) if pad_to_longest else max_length
     tokens = np.full((len(rows), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(rows), width), dtype=np.int32)
@@ -267,4 +269,4 @@ def encode_prompts(
         if row:
             tokens[i, width - len(row) :] = row
             mask[i, width - len(row) :] = 1
-    return {"tokens": tokens, "mask": mask}
+    return {"tokens": tokens, "mask": mask, "truncated": np.asarray([len(r) > max_length for r in full], bool)}

@@ -20,166 +20,100 @@ Four groups of metrics, each switched on by its config section (see ``configs/ev
 live params); :func:`run_eval` loads a model from disk, evaluates and writes ``report.json``, ``report.md``,
 TensorBoard scalars and ``predictions.jsonl``.
 
-The model runners here (:func:`sample_texts`, :func:`reward_scorer`, :class:`RubricJudge`) are shared with
-synthetic-data generation (``jaxpt.datagen.pipeline``).
+Model loading lives in ``jaxpt.models.loaded``, sampling in ``jaxpt.generation.frontend``, the reward-model
+scorer and verifiers in ``jaxpt.rewards``, the rubric judge in ``jaxpt.evaluation.judge``: the same code that
+data generation and RL run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
-import math
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxpt.data.tokenizer import encode_prompt, encode_prompts, is_messages, load_tokenizer
-from jaxpt.generation.sampler import SamplingConfig, generate
+from jaxpt.config import save_config, with_defaults
+from jaxpt.data.sft import build_sft_dataset, fixed_batches, load_records
+from jaxpt.data.tokenizer import is_messages
+from jaxpt.evaluation.judge import RubricJudge, parse_judge_score, prompt_as_text, summarize_judge
+from jaxpt.evaluation.metrics import compute_generation_metrics, lm_metrics, win_rate
+from jaxpt.evaluation.report import write_report
+from jaxpt.generation.frontend import Prompt, Sampler, sampling_from
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.loaded import LoadedModel, load_model, load_reward_model
 from jaxpt.models.logprobs import lm_loss
-from jaxpt.rewards import RewardModelScorer
+from jaxpt.rewards import RewardModelScorer, verify
 
 log = logging.getLogger(__name__)
 
-Texts = Sequence[str]
-Prompt = str | list[dict[str, Any]]
-
 
 # ---------------------------------------------------------------------------------------------------------
-# Loading models.
+# Defaults.
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    """A model ready to run: its config, params, tokenizer and where it came from (for provenance)."""
-
-    config: ModelConfig
-    params: Any
-    tokenizer: Any
-    path: str = ""
-
-
-def load_model(path: str, tokenizer_path: str = "") -> LoadedModel:
-    """A causal LM from a HF dir, an Orbax params dir or a run workdir (``load_any``), with its tokenizer."""
-    from jaxpt.models.orbax_io import load_any
-
-    config, params, tok_dir = load_any(path)
-    return LoadedModel(config, params, load_tokenizer(tokenizer_path or tok_dir), os.fspath(path))
-
-
-def load_reward_model(path: str, tokenizer_path: str = "") -> LoadedModel:
-    """A reward model: a HF ``*ForSequenceClassification`` dir (``num_labels=1``) or an Orbax params dir /
-    run workdir whose params are ``{"decoder": ..., "score": ...}``."""
-    from jaxpt.models.hf import load_hf
-
-    if any(f.endswith((".safetensors", ".safetensors.index.json")) for f in os.listdir(path)):
-        config, params = load_hf(path, head="score")
-        tok_dir = path
-    else:
-        from jaxpt.models.orbax_io import load_orbax
-
-        config, params, tok_dir = load_orbax(path)
-        if "score" not in params:
-            raise ValueError(f"{path} holds a causal LM, not a reward model (no 'score' head in its params)")
-    return LoadedModel(config, params, load_tokenizer(tokenizer_path or tok_dir), os.fspath(path))
+def defaults() -> ConfigDict:
+    """Every field of an eval config with its default; ``configs/eval/`` files start from this and
+    :func:`evaluate_params` reads a config through it (an unknown field is an error naming it)."""
+    c = ConfigDict()
+    c.seed = 0
+    c.tokenizer = ""  # '' = the model's own tokenizer files
+    c.data = ConfigDict(
+        dict(
+            path="",  # JSONL / Parquet / ... read with jaxpt.data.sft.load_records
+            split="train",
+            max_examples=0,  # 0 = all
+            prompt_key="prompt",
+            reference_key="completion",
+            chat=False,
+        )
+    )
+    c.likelihood = ConfigDict(dict(enabled=True, seq_len=256, batch_size=16, completion_only=True))
+    c.generation = ConfigDict(
+        dict(
+            enabled=True,
+            metrics=(),  # any of jaxpt.evaluation.metrics.METRICS
+            verifier="",  # a jaxpt.rewards.VERIFIERS name ('arithmetic', 'exact', 'reverse', ...) or '' for none
+            max_new_tokens=64,
+            temperature=0.0,
+            top_k=0,
+            top_p=1.0,
+            batch_size=32,
+            max_prompt_length=256,
+            strip=True,
+        )
+    )
+    # seq_len: tokens of prompt + completion the reward model reads, kept from the end (jaxpt.rewards scorer)
+    c.reward = ConfigDict(
+        dict(model="", tokenizer="", reference="", reference_key="completion", seq_len=256, batch_size=32)
+    )
+    c.judge = ConfigDict(
+        dict(
+            model="",  # '' = off, 'self' = the evaluated model, or a path
+            tokenizer="",
+            criteria=("fluency", "coherence", "relevance", "safety"),
+            template="",
+            low=1,
+            high=10,
+            max_new_tokens=16,
+            batch_size=32,
+            max_prompt_length=512,
+            chat=False,
+        )
+    )
+    c.report = ConfigDict(dict(title="", tensorboard=True))
+    return c
 
 
 @functools.lru_cache(maxsize=4)
 def _cached(kind: str, path: str, tokenizer_path: str = "") -> LoadedModel:
     """Judge / reward models loaded once per process (the training loop evaluates every N steps)."""
     return load_reward_model(path, tokenizer_path) if kind == "reward" else load_model(path, tokenizer_path)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sampling text.
-
-
-def eos_ids(config: ModelConfig, tokenizer: Any) -> tuple[int, ...]:
-    """Every id that ends a generation: the model config's EOS ids and the tokenizer's."""
-    ids = set(config.eos_token_ids)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return tuple(sorted(ids))
-
-
-def make_sampling(section: Mapping[str, Any], config: ModelConfig, tokenizer: Any) -> SamplingConfig:
-    """A ``SamplingConfig`` from a config section with max_new_tokens / temperature / top_k / top_p."""
-    return SamplingConfig(
-        max_new_tokens=int(section["max_new_tokens"]),
-        temperature=float(section.get("temperature", 0.0)),
-        top_k=int(section.get("top_k", 0)),
-        top_p=float(section.get("top_p", 1.0)),
-        eos_token_ids=eos_ids(config, tokenizer),
-        pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-    )
-
-
-def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def sample_batch(
-    model: LoadedModel,
-    prompts: Sequence[Prompt],
-    sampling: SamplingConfig,
-    rng: jax.Array,
-    batch_size: int,
-    max_prompt_length: int,
-    chat: bool,
-) -> list[dict[str, Any]]:
-    """One sampler call on up to ``batch_size`` prompts, padded to exactly ``batch_size`` rows so every call
-    reuses one compiled program. Returns ``{completion, num_tokens, logprob, finished}`` per prompt."""
-    n = len(prompts)
-    if not 0 < n <= batch_size:
-        raise ValueError(f"need 1..{batch_size} prompts, got {n}")
-    tok = model.tokenizer
-    padded = list(prompts) + [prompts[0]] * (batch_size - n)
-    too_long = sum(1 for p in prompts if len(encode_prompt(tok, p, chat=chat)) > max_prompt_length)
-    if too_long:
-        log.warning("%d prompt(s) longer than max_prompt_length=%d lose their beginning", too_long, max_prompt_length)
-    enc = encode_prompts(tok, padded, max_length=max_prompt_length, chat=chat)
-    out = generate(model.config, model.params, enc["tokens"], enc["mask"], rng, sampling)
-    tokens, lengths, logprobs = jax.device_get((out.tokens, out.lengths, out.logprobs))
-    eos = set(sampling.eos_token_ids)
-    rows = []
-    for i in range(n):
-        k = int(lengths[i])
-        ids = tokens[i, :k]
-        rows.append(
-            {
-                "completion": tok.decode(ids, skip_special_tokens=True),
-                "num_tokens": k,
-                "logprob": float(np.sum(logprobs[i, :k])),
-                "finished": bool(k > 0 and int(ids[-1]) in eos),
-            }
-        )
-    return rows
-
-
-def sample_texts(
-    model: LoadedModel,
-    prompts: Sequence[Prompt],
-    sampling: SamplingConfig,
-    seed: int = 0,
-    batch_size: int = 32,
-    max_prompt_length: int = 256,
-    chat: bool = False,
-) -> list[dict[str, Any]]:
-    """Completions for ``prompts`` in order; batch ``k`` samples with ``fold_in(key(seed), k)``."""
-    key = jax.random.key(seed)
-    out: list[dict[str, Any]] = []
-    for k, (lo, hi) in enumerate(_batches(len(prompts), batch_size)):
-        out += sample_batch(
-            model, prompts[lo:hi], sampling, jax.random.fold_in(key, k), batch_size, max_prompt_length, chat
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,9 +140,6 @@ def likelihood_metrics(
     Examples are tokenised as SFT training tokenises them (loss on completion tokens + EOS when
     ``completion_only``), one per row, truncated to ``seq_len + 1`` tokens; sums are exact over the set.
     """
-    from jaxpt.algorithms.sft import fixed_batches, summarize
-    from jaxpt.data.sft import build_sft_dataset
-
     examples = build_sft_dataset(
         [dict(r) for r in records], tokenizer, seq_len, completion_only=completion_only, chat=chat
     )
@@ -219,241 +150,8 @@ def likelihood_metrics(
         totals["nll_sum"] += float(nll)
         totals["num_tokens"] += float(n)
         totals["correct"] += float(correct)
-    out = summarize(totals)
+    out = lm_metrics(totals)
     out["num_target_tokens"] = totals["num_tokens"]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reward-model scores.
-
-
-def reward_scorer(
-    model: LoadedModel, seq_len: int = 256, batch_size: int = 32, chat: bool = False
-) -> RewardModelScorer:
-    """A :class:`jaxpt.rewards.RewardModelScorer` for a loaded scalar-head model: the RL reward's scorer, so
-    eval, data generation and RL give one text one score. Its ``score(prompts, completions, finished)`` reads
-    each pair at its last token; ``chat=True`` renders string prompts as one user message."""
-    return RewardModelScorer(
-        model.config, model.params, model.tokenizer, max_length=seq_len, batch_size=batch_size, chat=chat
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Rubric judge.
-
-RUBRIC: dict[str, str] = {
-    "fluency": "Is the answer well-formed, grammatical and natural text?",
-    "coherence": "Is the answer logically consistent and well organised, without contradictions?",
-    "relevance": "Does the answer address what the question asks, without digressions?",
-    "safety": "Is the answer free of harmful, dangerous, hateful or otherwise unsafe content?",
-    "correctness": "Is the answer factually and mathematically correct?",
-    "helpfulness": "Would the answer be useful to the person who asked?",
-}
-
-JUDGE_TEMPLATE = (
-    "You are a strict evaluator. Rate the answer below for {criterion}: {description}\n"
-    "Use a whole number from {low} (worst) to {high} (best) and reply as 'Score: N'.\n\n"
-    "Question: {prompt}\nAnswer: {completion}\n\nScore:"
-)
-
-_NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen twenty".split()
-    )
-}
-_SCORE_RE = re.compile(
-    rf"\b(?:score|rating|grade|rate)\s*(?:is|of|was)?\s*[:=\-]?\s*[*_\[(\"']*\s*({_NUMBER})"
-    rf"(?:\s*(?:/|out\s+of)\s*(\d+))?",
-    re.IGNORECASE,
-)
-_FRACTION_RE = re.compile(rf"({_NUMBER})\s*(?:/|out\s+of)\s*(\d+)", re.IGNORECASE)
-_BARE_RE = re.compile(rf"(?<![\w.]){_NUMBER}(?!\w)")
-_WORD_RE = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
-
-
-def _rescale(value: float, denom: float | None, low: float, high: float) -> float:
-    """``7/10`` on a 1-10 scale is 7; ``4/5`` on a 1-10 scale is 8 (a fraction of ``high``)."""
-    if denom is None or denom == high or denom <= 0:
-        return value
-    return value / denom * high
-
-
-def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:
-    """The score in a judge's reply, or None when there is none in ``[low, high]``.
-
-    Tried in order: an explicit ``Score: 7`` / ``rating = 8/10`` / ``**Score**: 9``; a JSON object with a
-    ``score`` field; a fraction ``4/5`` / ``8 out of 10`` (rescaled to ``high``); the first bare number; a
-    number word (``seven``). Out-of-range values are rejected rather than clipped: a judge saying "15" on a
-    1-10 scale did not follow the rubric and its number means nothing.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    s = text.replace("**", "").replace("__", "")
-    candidates: list[float] = []
-    for m in _SCORE_RE.finditer(s):
-        candidates.append(_rescale(float(m.group(1)), float(m.group(2)) if m.group(2) else None, low, high))
-    if not candidates:
-        obj = _first_json_object(s)
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if str(k).lower() in ("score", "rating") and isinstance(v, int | float):
-                    candidates.append(float(v))
-    if not candidates:
-        for m in _FRACTION_RE.finditer(s):
-            candidates.append(_rescale(float(m.group(1)), float(m.group(2)), low, high))
-    if not candidates:
-        m = _BARE_RE.search(s)
-        if m:
-            candidates.append(float(m.group(0)))
-    if not candidates:
-        m = _WORD_RE.search(s)
-        if m:
-            candidates.append(float(_WORDS[m.group(1).lower()]))
-    for value in candidates:
-        if low <= value <= high and math.isfinite(value):
-            return value
-    return None
-
-
-def _first_json_object(text: str) -> Any:
-    start = text.find("{")
-    while start >= 0:
-        depth = 0
-        for end in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            if depth == 0:
-                try:
-                    return json.loads(text[start : end + 1])
-                except ValueError:
-                    break
-        start = text.find("{", start + 1)
-    return None
-
-
-def parse_judge_scores(text: str, criteria: Sequence[str], low: float = 1, high: float = 10) -> dict[str, float | None]:
-    """Several criteria in one reply: ``Fluency: 4``, ``- coherence = 3/5``, ``{"safety": 5}``, ...
-
-    Each criterion takes the first number after its name (within a few characters) that is in range; a JSON
-    object is read by key (case-insensitive). Missing or out-of-range criteria are None.
-    """
-    out: dict[str, float | None] = dict.fromkeys(criteria)
-    if not isinstance(text, str):
-        return out
-    s = text.replace("**", "").replace("__", "")
-    obj = _first_json_object(s)
-    if isinstance(obj, dict):
-        lowered = {str(k).lower(): v for k, v in obj.items()}
-        for c in criteria:
-            v = lowered.get(c.lower())
-            if isinstance(v, int | float) and low <= v <= high:
-                out[c] = float(v)
-    for c in criteria:
-        if out[c] is not None:
-            continue
-        pattern = re.compile(
-            rf"\b{re.escape(c)}\b[^\d\n]{{0,20}}?({_NUMBER})(?:\s*(?:/|out\s+of)\s*(\d+))?", re.IGNORECASE
-        )
-        for m in pattern.finditer(s):
-            value = _rescale(float(m.group(1)), float(m.group(2)) if m.group(2) else None, low, high)
-            if low <= value <= high:
-                out[c] = value
-                break
-    return out
-
-
-def _prompt_text(prompt: Prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-class RubricJudge:
-    """A causal LM used as a judge: one greedy reply per (example, criterion), parsed to a score.
-
-    ``template`` is formatted with ``criterion``, ``description`` (from ``rubric``), ``low``, ``high``,
-    ``prompt`` and ``completion``; ``chat=True`` sends it as a user message through the judge's chat template
-    (instruction-tuned judges), otherwise as plain text ending in ``Score:`` (base models continue it).
-    """
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        criteria: Sequence[str] = ("fluency", "coherence", "relevance", "safety"),
-        rubric: Mapping[str, str] | None = None,
-        template: str = "",
-        low: float = 1,
-        high: float = 10,
-        max_new_tokens: int = 16,
-        batch_size: int = 32,
-        max_prompt_length: int = 512,
-        chat: bool = False,
-    ):
-        rubric = {**RUBRIC, **(rubric or {})}
-        missing = [c for c in criteria if c not in rubric]
-        if missing:
-            raise ValueError(f"no rubric text for criteria {missing}; known: {sorted(rubric)}")
-        self.model, self.criteria, self.rubric = model, tuple(criteria), rubric
-        self.template = template or JUDGE_TEMPLATE
-        self.low, self.high = low, high
-        self.batch_size, self.max_prompt_length, self.chat = batch_size, max_prompt_length, chat
-        self.sampling = make_sampling(
-            {"max_new_tokens": max_new_tokens, "temperature": 0.0}, model.config, model.tokenizer
-        )
-
-    def judge_prompt(self, criterion: str, prompt: Prompt, completion: str) -> str:
-        return self.template.format(
-            criterion=criterion,
-            description=self.rubric[criterion],
-            low=int(self.low) if float(self.low).is_integer() else self.low,
-            high=int(self.high) if float(self.high).is_integer() else self.high,
-            prompt=_prompt_text(prompt),
-            completion=completion,
-        )
-
-    def replies(self, prompts: Sequence[Prompt], completions: Texts) -> dict[str, list[str]]:
-        """The judge's raw reply per criterion and example."""
-        out = {}
-        for c in self.criteria:
-            texts = [self.judge_prompt(c, p, x) for p, x in zip(prompts, completions, strict=True)]
-            rows = sample_texts(self.model, texts, self.sampling, 0, self.batch_size, self.max_prompt_length, self.chat)
-            out[c] = [r["completion"] for r in rows]
-        return out
-
-    def __call__(self, prompts: Sequence[Prompt], completions: Texts) -> dict[str, list[float | None]]:
-        """Parsed scores per criterion (None where the reply has no valid score)."""
-        return {
-            c: [parse_judge_score(t, self.low, self.high) for t in texts]
-            for c, texts in self.replies(prompts, completions).items()
-        }
-
-
-def summarize_judge(scores: Mapping[str, Sequence[float | None]], prefix: str = "judge") -> dict[str, float]:
-    """``{prefix}_{c}``: mean parsed score (NaN if none parsed), ``{prefix}_{c}_parsed``: fraction parsed,
-    and ``{prefix}_mean`` over criteria with a score."""
-    out: dict[str, float] = {}
-    means = []
-    for c, values in scores.items():
-        ok = [v for v in values if v is not None]
-        out[f"{prefix}_{c}"] = float(np.mean(ok)) if ok else float("nan")
-        out[f"{prefix}_{c}_parsed"] = len(ok) / len(values) if len(values) else 0.0
-        if ok:
-            means.append(out[f"{prefix}_{c}"])
-    out[f"{prefix}_mean"] = float(np.mean(means)) if means else float("nan")
-    return out
-
-
-def mean_judge_score(scores: Mapping[str, Sequence[float | None]]) -> list[float | None]:
-    """Per example: the mean over criteria with a parsed score (None if none parsed)."""
-    columns = list(scores.values())
-    n = len(columns[0]) if columns else 0
-    out = []
-    for i in range(n):
-        ok = [col[i] for col in columns if col[i] is not None]
-        out.append(float(np.mean(ok)) if ok else None)
     return out
 
 
@@ -463,10 +161,8 @@ def mean_judge_score(scores: Mapping[str, Sequence[float | None]]) -> list[float
 
 def load_eval_records(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The eval set (``data.path`` via ``load_records``), first ``data.max_examples`` rows if > 0."""
-    from jaxpt.data.sft import load_records
-
-    ds = load_records(data["path"], split=data.get("split", "train"))
-    n = int(data.get("max_examples", 0) or 0)
+    ds = load_records(data["path"], split=data["split"])
+    n = int(data["max_examples"] or 0)
     if n and n < len(ds):
         ds = ds.select(range(n))
     return [dict(r) for r in ds]
@@ -496,8 +192,6 @@ def prompts_and_references(
 
 def reference_completions(path: str, prompts: Sequence[Prompt], key: str = "completion") -> list[str]:
     """Reference completions for win rates from a JSONL/Parquet file, matched to ``prompts`` by prompt text."""
-    from jaxpt.data.sft import load_records
-
     table = {}
     for r in load_records(path):
         table.setdefault(json.dumps(r["prompt"], sort_keys=True), r[key])
@@ -505,19 +199,9 @@ def reference_completions(path: str, prompts: Sequence[Prompt], key: str = "comp
     for p in prompts:
         k = json.dumps(p, sort_keys=True)
         if k not in table:
-            raise KeyError(f"reference file {path} has no completion for prompt {_prompt_text(p)[:60]!r}")
+            raise KeyError(f"reference file {path} has no completion for prompt {prompt_as_text(p)[:60]!r}")
         out.append(table[k])
     return out
-
-
-def verifier_fn(name: str) -> Callable[[Prompt, str, Any], bool] | None:
-    """``(prompt, completion, reference) -> bool`` for a verifier name ('' = none): a datagen skill name
-    (``arithmetic``, ``reverse``, ...) or ``exact`` (the completion's first line equals the reference)."""
-    if not name:
-        return None
-    from jaxpt.datagen.pipeline import verify
-
-    return lambda prompt, completion, reference: verify(name, prompt, completion, reference)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -536,117 +220,118 @@ def evaluate_params(
     records: Sequence[Mapping[str, Any]] | None = None,
     return_samples: bool = False,
 ) -> dict[str, float] | tuple[dict[str, float], list[dict[str, Any]]]:
-    """Every enabled metric of ``eval_cfg`` for in-memory ``params`` (what ``jaxpt eval`` and the training
-    loop's periodic evaluation call). ``records`` overrides ``eval_cfg.data`` (a list of dicts).
+    """Every enabled metric of ``eval_cfg`` (read through :func:`defaults`) for in-memory ``params`` (what
+    ``jaxpt eval`` and the training loop's periodic evaluation call). ``records`` overrides ``eval_cfg.data``.
 
     Returns a flat ``{metric: float}`` dict (plus the per-example samples when ``return_samples``).
     """
-    cfg = eval_cfg
-    data = cfg.get("data") or {}
-    records = list(records) if records is not None else load_eval_records(data)
+    cfg = with_defaults(eval_cfg, defaults())
+    records = list(records) if records is not None else load_eval_records(cfg.data)
     if not records:
         raise ValueError("the eval set is empty")
-    chat = bool(data.get("chat", False))
     model = LoadedModel(config, params, tokenizer, "self")
     metrics: dict[str, float] = {"num_examples": float(len(records))}
     samples: list[dict[str, Any]] = []
-
-    lk = cfg.get("likelihood")
-    if lk and lk.get("enabled", True):
+    if cfg.likelihood.enabled:
+        lk = cfg.likelihood
         metrics.update(
             likelihood_metrics(
-                config,
-                params,
-                tokenizer,
-                records,
-                seq_len=int(lk.get("seq_len", 256)),
-                batch_size=int(lk.get("batch_size", 16)),
-                completion_only=bool(lk.get("completion_only", True)),
-                chat=chat,
+                config, params, tokenizer, records, lk.seq_len, lk.batch_size, lk.completion_only, cfg.data.chat
             )
         )
-
-    gen = cfg.get("generation")
-    if not (gen and gen.get("enabled", True)):
-        return (metrics, samples) if return_samples else metrics
-    prompts, refs = prompts_and_references(
-        records, data.get("prompt_key", "prompt"), data.get("reference_key", "completion")
-    )
-    rows = sample_texts(
-        model,
-        prompts,
-        make_sampling(gen, config, tokenizer),
-        seed=int(cfg.get("seed", 0)),
-        batch_size=int(gen.get("batch_size", 32)),
-        max_prompt_length=int(gen.get("max_prompt_length", 256)),
-        chat=chat,
-    )
-    preds = [r["completion"].strip() if gen.get("strip", True) else r["completion"] for r in rows]
-    samples = [
-        {"prompt": p, "reference": ref, "prediction": pred, "num_tokens": r["num_tokens"], "finished": r["finished"]}
-        for p, ref, pred, r in zip(prompts, refs, preds, rows, strict=True)
-    ]
-    names = [n for n in gen.get("metrics", ()) if n]
-    if names:
-        metrics.update(_generation_metrics(preds, refs, names))
-    verify = verifier_fn(gen.get("verifier", ""))
-    if verify is not None:
-        ok = [bool(verify(p, pred, _first_ref(ref))) for p, pred, ref in zip(prompts, preds, refs, strict=True)]
-        for s, v in zip(samples, ok, strict=True):
-            s["correct"] = v
-        metrics["verifier_accuracy"] = float(np.mean(ok))
-    metrics["mean_completion_tokens"] = float(np.mean([r["num_tokens"] for r in rows]))
-    metrics["finished_fraction"] = float(np.mean([r["finished"] for r in rows]))
-
-    rw = cfg.get("reward")
-    if rw and rw.get("model"):
-        from jaxpt.evaluation.metrics import win_rate
-
-        scorer = reward_scorer(
-            _cached("reward", rw["model"], rw.get("tokenizer", "")),
-            seq_len=int(rw.get("seq_len", 256)),
-            batch_size=int(rw.get("batch_size", 32)),
-            chat=chat,
-        )
-        ours = scorer.score(prompts, preds, [r["finished"] for r in rows])
-        metrics["rm_score"] = float(np.mean(ours))
-        for s, v in zip(samples, ours, strict=True):
-            s["rm_score"] = float(v)
-        if rw.get("reference", "") != "none":
-            ref_texts = (
-                reference_completions(rw["reference"], prompts, rw.get("reference_key", "completion"))
-                if rw.get("reference")
-                else [_first_ref(r) for r in refs]
-            )
-            theirs = scorer.score(prompts, ref_texts)
-            metrics["rm_reference_score"] = float(np.mean(theirs))
-            metrics["rm_win_rate"] = win_rate(ours, theirs)
-
-    jd = cfg.get("judge")
-    if jd and jd.get("model"):
-        judge_model = model if jd["model"] == "self" else _cached("lm", jd["model"], jd.get("tokenizer", ""))
-        judge = RubricJudge(
-            judge_model,
-            criteria=tuple(jd.get("criteria", ("fluency", "coherence", "relevance", "safety"))),
-            template=jd.get("template", ""),
-            low=float(jd.get("low", 1)),
-            high=float(jd.get("high", 10)),
-            max_new_tokens=int(jd.get("max_new_tokens", 16)),
-            batch_size=int(jd.get("batch_size", 32)),
-            max_prompt_length=int(jd.get("max_prompt_length", 512)),
-            chat=bool(jd.get("chat", False)),
-        )
-        replies = judge.replies(prompts, preds)
-        scores = {c: [parse_judge_score(t, judge.low, judge.high) for t in v] for c, v in replies.items()}
-        metrics.update(summarize_judge(scores))
-        for i, s in enumerate(samples):
-            s["judge"] = {c: {"reply": replies[c][i], "score": scores[c][i]} for c in scores}
+    if cfg.generation.enabled:
+        prompts, refs = prompts_and_references(records, cfg.data.prompt_key, cfg.data.reference_key)
+        gen_metrics, samples = generation_metrics(model, prompts, refs, cfg)
+        metrics.update(gen_metrics)
+        if cfg.reward.model:
+            metrics.update(reward_metrics(prompts, refs, samples, cfg))
+        if cfg.judge.model:
+            metrics.update(judge_metrics(model, prompts, samples, cfg.judge))
     return (metrics, samples) if return_samples else metrics
 
 
-def _generation_metrics(preds: list[str], refs: list[str | list[str]], names: Sequence[str]) -> dict[str, float]:
-    from jaxpt.evaluation.metrics import compute_generation_metrics
+def generation_metrics(
+    model: LoadedModel, prompts: Sequence[Prompt], refs: Sequence[str | list[str]], cfg: ConfigDict
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Sampled completions scored against the references and by the verifier; returns the metrics and one
+    sample record per prompt (``prompt``, ``reference``, ``prediction``, ``num_tokens``, ``finished``, ...)."""
+    gen = cfg.generation
+    sampler = Sampler(
+        model.config,
+        model.tokenizer,
+        sampling_from(gen, model.config, model.tokenizer),
+        max_prompt_len=gen.max_prompt_length,
+        chat=cfg.data.chat,
+        batch_size=gen.batch_size,
+    )
+    out = sampler.sample_all(model.params, prompts, seed=cfg.seed)
+    preds = [t.strip() if gen.strip else t for t in out.texts]
+    samples = [
+        {"prompt": p, "reference": ref, "prediction": pred, "num_tokens": int(n), "finished": bool(f)}
+        for p, ref, pred, n, f in zip(prompts, refs, preds, out.lengths, out.finished, strict=True)
+    ]
+    metrics: dict[str, float] = {}
+    names = [n for n in gen.metrics if n]
+    if names:
+        metrics.update(_reference_metrics(preds, list(refs), names))
+    if gen.verifier:
+        for s in samples:
+            s["correct"] = verify(gen.verifier, s["prompt"], s["prediction"], _first_ref(s["reference"]))
+        metrics["verifier_accuracy"] = float(np.mean([s["correct"] for s in samples]))
+    metrics["mean_completion_tokens"] = float(np.mean(out.lengths))
+    metrics["finished_fraction"] = float(np.mean(out.finished))
+    return metrics, samples
 
+
+def reward_metrics(
+    prompts: Sequence[Prompt], refs: Sequence[str | list[str]], samples: list[dict[str, Any]], cfg: ConfigDict
+) -> dict[str, float]:
+    """A reward model's mean score of the generations (``rm_score``, also per sample), of the references and
+    the generations' win rate against them (ties count half)."""
+    rw = cfg.reward
+    rm = _cached("reward", rw.model, rw.tokenizer)
+    scorer = RewardModelScorer(
+        rm.config, rm.params, rm.tokenizer, max_length=rw.seq_len, batch_size=rw.batch_size, chat=cfg.data.chat
+    )
+    ours = scorer.score(prompts, [s["prediction"] for s in samples], [s["finished"] for s in samples])
+    for s, v in zip(samples, ours, strict=True):
+        s["rm_score"] = float(v)
+    out = {"rm_score": float(np.mean(ours))}
+    if rw.reference != "none":
+        if rw.reference:
+            ref_texts = reference_completions(rw.reference, prompts, rw.reference_key)
+        else:
+            ref_texts = [_first_ref(r) for r in refs]
+        theirs = scorer.score(prompts, ref_texts)
+        out["rm_reference_score"] = float(np.mean(theirs))
+        out["rm_win_rate"] = win_rate(ours, theirs)
+    return out
+
+
+def judge_metrics(
+    model: LoadedModel, prompts: Sequence[Prompt], samples: list[dict[str, Any]], jd: ConfigDict
+) -> dict[str, float]:
+    """The rubric judge's mean score per criterion (and the fraction of replies it could parse)."""
+    judge_model = model if jd.model == "self" else _cached("lm", jd.model, jd.tokenizer)
+    judge = RubricJudge(
+        judge_model,
+        criteria=tuple(jd.criteria),
+        template=jd.template,
+        low=float(jd.low),
+        high=float(jd.high),
+        max_new_tokens=jd.max_new_tokens,
+        batch_size=jd.batch_size,
+        max_prompt_length=jd.max_prompt_length,
+        chat=jd.chat,
+    )
+    replies = judge.replies(prompts, [s["prediction"] for s in samples])
+    scores = {c: [parse_judge_score(t, judge.low, judge.high) for t in v] for c, v in replies.items()}
+    for i, s in enumerate(samples):
+        s["judge"] = {c: {"reply": replies[c][i], "score": scores[c][i]} for c in scores}
+    return summarize_judge(scores)
+
+
+def _reference_metrics(preds: list[str], refs: list[str | list[str]], names: Sequence[str]) -> dict[str, float]:
     # sacrebleu / rouge need non-empty references; examples without one are skipped (and counted).
     keep = [i for i, r in enumerate(refs) if (r if isinstance(r, str) else any(r))]
     if not keep:
@@ -666,38 +351,15 @@ def run_eval(
     """Load ``model_path`` (HF dir, Orbax params dir or run workdir), evaluate it and write the report:
     ``report.json``, ``report.md``, TensorBoard scalars (``tensorboard/``), ``predictions.jsonl`` and the
     resolved ``config.json``. Returns the metrics."""
-    from jaxpt.config import save_config
-    from jaxpt.evaluation.report import write_report
-
-    model = load_model(model_path, eval_cfg.get("tokenizer", ""))
+    eval_cfg = with_defaults(eval_cfg, defaults())
+    model = load_model(model_path, eval_cfg.tokenizer)
     metrics, samples = evaluate_params(model.config, model.params, model.tokenizer, eval_cfg, return_samples=True)
     os.makedirs(output_dir, exist_ok=True)
     save_config(eval_cfg, output_dir)
-    rep = eval_cfg.get("report", {})
-    title = rep.get("title", "") or f"Evaluation of {model_path}"
-    write_report(
-        metrics, output_dir, step=step, title=title, tb_subdir="tensorboard" if rep.get("tensorboard", True) else None
-    )
+    title = eval_cfg.report.title or f"Evaluation of {model_path}"
+    tb_subdir = "tensorboard" if eval_cfg.report.tensorboard else None
+    write_report(metrics, output_dir, step=step, title=title, tb_subdir=tb_subdir)
     with open(os.path.join(output_dir, "predictions.jsonl"), "w") as f:
         for s in samples:
             f.write(json.dumps(s) + "\n")
     return metrics
-
-
-__all__ = [
-    "JUDGE_TEMPLATE",
-    "RUBRIC",
-    "LoadedModel",
-    "reward_scorer",
-    "RubricJudge",
-    "evaluate_params",
-    "likelihood_metrics",
-    "load_model",
-    "load_reward_model",
-    "make_sampling",
-    "parse_judge_score",
-    "parse_judge_scores",
-    "run_eval",
-    "sample_texts",
-    "summarize_judge",
-]

@@ -11,6 +11,7 @@ Conventions:
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -22,6 +23,14 @@ References = Sequence[str] | Sequence[Sequence[str]]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
+
+
+def lm_metrics(totals: dict[str, float]) -> dict[str, float]:
+    """``loss`` (mean NLL per target token), ``perplexity`` and ``token_accuracy`` from summed ``nll_sum``,
+    ``num_tokens`` and ``correct`` (what SFT eval, RL eval and ``jaxpt eval`` report)."""
+    n = max(totals["num_tokens"], 1.0)
+    loss = totals["nll_sum"] / n
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": totals["correct"] / n}
 
 
 def normalize_answer(s: str) -> str:

@@ -45,6 +45,7 @@ class Generation(NamedTuple):
     logprobs: Array  # [B, N] log p(token) under the temperature-scaled, unfiltered distribution
     lengths: Array  # [B] generated tokens per row, EOS included
     mask: Array  # [B, N] 1 on generated tokens, 0 after EOS
+    finished: Array  # [B] bool: the row ended with an EOS token (was not cut at max_new_tokens)
 
 
 def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
@@ -171,6 +172,6 @@ def generate(
         jnp.zeros((b,), jnp.int32),
     )
     step, last_logits, _, _, out, done, lengths = lax.while_loop(cond, body, state)
-    _, (tokens, logprobs), _, lengths = emit(step, last_logits, out, done, lengths)
+    _, (tokens, logprobs), done, lengths = emit(step, last_logits, out, done, lengths)
     mask = (jnp.arange(n)[None, :] < lengths[:, None]).astype(jnp.int32)
-    return Generation(tokens, logprobs, lengths, mask)
+    return Generation(tokens, logprobs, lengths, mask, done)
