@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -30,6 +31,7 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "flatten_dict",
+    "import_config_file",
     "load_config",
     "parse_cli",
     "save_config",
@@ -56,22 +58,31 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Load ``path/to/file.py`` or ``path/to/file.py:arg`` by calling its ``get_config([arg])``."""
-    path_str, arg = _split_spec(spec)
-    path = Path(path_str)
+def import_config_file(path: str | os.PathLike) -> ModuleType:
+    """A Python file under ``configs/`` as a module (config files are not a package: they are found by path,
+    and a config file imports shared presets such as ``configs/common.py`` with this)."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path_str!r} (from spec {spec!r}) does not exist")
+        raise ConfigError(f"config file {os.fspath(path)!r} does not exist")
     module_name = f"_jaxpt_config_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot import config file {path_str!r}")
+        raise ConfigError(f"cannot import config file {os.fspath(path)!r}")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses & co. look modules up by name while executing
     try:
         module_spec.loader.exec_module(module)
     finally:
         sys.modules.pop(module_name, None)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load ``path/to/file.py`` or ``path/to/file.py:arg`` by calling its ``get_config([arg])``."""
+    path_str, arg = _split_spec(spec)
+    if not Path(path_str).is_file():
+        raise ConfigError(f"config file {path_str!r} (from spec {spec!r}) does not exist")
+    module = import_config_file(path_str)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"config file {path_str!r} does not define a get_config() function")
@@ -116,12 +127,14 @@ def _unknown_field(config: ml_collections.ConfigDict, field: str) -> ConfigError
     return ConfigError(f"unknown config field {field!r}{hint}")
 
 
-def with_defaults(given: Any, defaults: ml_collections.ConfigDict, section: str = "") -> ml_collections.ConfigDict:
+def with_defaults(
+    given: Any, defaults: ml_collections.ConfigDict, section: str = "", open_fields: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
     """``defaults`` updated with ``given``, recursively into sub-sections (a section's defaults are a dict).
 
-    The one defaults style of the code base: every algorithm, eval and data generation section is read
+    The one defaults style of the code base: every algorithm, eval and data generation config is read
     through this, so a key its defaults do not have is a :class:`ConfigError` naming it (``section.key``) with
-    the closest known keys, never silently ignored.
+    the closest known keys, never silently ignored. ``open_fields`` (dotted paths) are taken as given.
     """
     base = copy.deepcopy(defaults.to_dict() if isinstance(defaults, ml_collections.ConfigDict) else dict(defaults))
     root = ml_collections.ConfigDict({section: base} if section else base)
@@ -132,7 +145,9 @@ def with_defaults(given: Any, defaults: ml_collections.ConfigDict, section: str 
             path = f"{prefix}.{key}" if prefix else key
             if key not in into:
                 raise _unknown_field(root, path)
-            if isinstance(into[key], dict) and isinstance(value, ml_collections.ConfigDict | dict):
+            if path in open_fields:
+                into[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            elif isinstance(into[key], dict) and isinstance(value, ml_collections.ConfigDict | dict):
                 merge(into[key], value, path)
             else:
                 into[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value

@@ -156,7 +156,7 @@ def test_per_pair_losses_match_dpo_loss_and_padding_is_masked(files):
     (an eval batch's tail) get weight 0 and finite values; the chunked vocabulary projection equals the plain
     one; precomputed reference log-probs equal the in-step ones for a reference != the policy."""
     from jaxpt.algorithms import dpo
-    from jaxpt.algorithms.reward_model import load_pairs, pair_valid
+    from jaxpt.algorithms.common.preference import load_pairs, pair_valid
     from jaxpt.data.preference import fixed_preference_batches
 
     c = tiny_config()

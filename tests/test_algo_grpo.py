@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from jaxpt.algorithms import grpo
-from jaxpt.algorithms import rollout as rollout_lib
-from jaxpt.algorithms.grpo import make_grpo_loss_fn
-from jaxpt.algorithms.rollout import (
+from jaxpt.algorithms.common import rollout as rollout_lib
+from jaxpt.algorithms.common.rollout import (
     PromptIterator,
     Samples,
     minibatches,
@@ -20,6 +19,7 @@ from jaxpt.algorithms.rollout import (
     shared_prompt_rows,
     training_rows,
 )
+from jaxpt.algorithms.grpo import make_grpo_loss_fn
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
@@ -301,9 +301,11 @@ def test_config_errors():
         grpo.grpo_config(config)
     config = load_config(TINY)
     config.grpo.typo = 1
-    with pytest.raises(ValueError, match="unknown config.grpo fields"):
+    with pytest.raises(ValueError, match="unknown config field 'grpo.typo'"):
         grpo.grpo_config(config)
     config = load_config(TINY)
     config.rollout.temprature = 1.0
-    with pytest.raises(ValueError, match="unknown config.rollout fields"):
+    with pytest.raises(
+        ValueError, match="unknown config field 'rollout.temprature'; did you mean 'rollout.temperature'"
+    ):
         rollout_lib.rollout_config(config)

@@ -143,5 +143,5 @@ def test_config_errors():
         ppo.ppo_config(config)
     config = load_config(TINY)
     config.ppo.typo = 1
-    with pytest.raises(ValueError, match="unknown config.ppo fields"):
+    with pytest.raises(ValueError, match="unknown config field 'ppo.typo'"):
         ppo.ppo_config(config)

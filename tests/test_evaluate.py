@@ -16,13 +16,13 @@ from jaxpt.evaluation import evaluate as ev
 from jaxpt.evaluation import judge as jd
 from jaxpt.evaluation.metrics import compute_generation_metrics, win_rate
 from jaxpt.generation.frontend import Sampler, sampling_from
-from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, init_params
 from jaxpt.models.hf import save_hf
 from jaxpt.models.loaded import load_model, load_reward_model
 from jaxpt.models.reward import ScalarHeadModel, init_reward_params
 from jaxpt.rewards import RewardModelScorer
 from jaxpt.utils.tensorboard import read_scalars
+from tests.tiny_models import char_model_config, far_random_params
 
 RECORDS = [
     {"prompt": "12+30=", "completion": "42"},
@@ -33,43 +33,11 @@ RECORDS = [
 ]
 
 
-def _tiny_config(tokenizer, hidden=32):
-    return ModelConfig.from_hf(
-        dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-
-
-def _random_params(init_fn, seed, scale=0.3):
-    """Random params with the shapes ``init_fn`` would create (no compilation: shapes via ``eval_shape``), far
-    enough from a fresh init that logits are not flat; norm scales stay near 1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        is_norm = any("norm" in str(getattr(k, "key", "")) for k in path)
-        return 1.0 + 0.1 * noise if is_norm else scale * noise
-
-    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(init_fn))
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, char_tokenizer):
     out = tmp_path_factory.mktemp("tiny_lm")
-    config = _tiny_config(char_tokenizer)
-    params = _random_params(lambda: init_params(config, jax.random.key(0)), 1)
+    config = char_model_config(char_tokenizer)
+    params = far_random_params(lambda: init_params(config, jax.random.key(0)), 1)
     save_hf(config, params, str(out), tokenizer=char_tokenizer)
     return str(out)
 
@@ -82,8 +50,8 @@ def model(model_dir):
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory, char_tokenizer):
     out = tmp_path_factory.mktemp("tiny_rm")
-    config = _tiny_config(char_tokenizer, hidden=16)
-    params = _random_params(lambda: init_reward_params(config, jax.random.key(3)), 4)
+    config = char_model_config(char_tokenizer, hidden=16)
+    params = far_random_params(lambda: init_reward_params(config, jax.random.key(3)), 4)
     save_hf(config, params, str(out), tokenizer=char_tokenizer, head="score")
     return str(out)
 

@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from jaxpt.losses.rl import (
+    ADVANTAGE_ESTIMATORS,
     gae,
     grpo_advantages,
     grpo_loss,
+    kl_estimate,
     kl_penalty_rewards,
     ppo_policy_loss,
     ppo_value_loss,
+    register_advantage_estimator,
+    rloo_advantages,
     update_kl_coef,
     whiten,
 )
@@ -219,6 +223,27 @@ def test_grpo_advantages():
         )
     np.testing.assert_allclose(np.asarray(flat).reshape(3, 4), grouped, rtol=1e-6)
     assert np.all(grouped[1] == 0)
+
+
+def test_rloo_and_the_advantage_registry():
+    """RLOO (Ahmadian et al. 2024): each reward minus the mean of the *other* G - 1 rewards of its group."""
+    r = np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32)
+    want = np.stack([[r[g, i] - np.delete(r[g], i).mean() for i in range(4)] for g in range(2)])
+    np.testing.assert_allclose(np.asarray(rloo_advantages(r.reshape(-1), 4)).reshape(2, 4), want, rtol=1e-5)
+    np.testing.assert_allclose(ADVANTAGE_ESTIMATORS["rloo"](r, 4), want, rtol=1e-5)
+    np.testing.assert_allclose(ADVANTAGE_ESTIMATORS["grpo"](r, 4), grpo_advantages(r, 4), rtol=1e-6)
+    np.testing.assert_allclose(ADVANTAGE_ESTIMATORS["dr_grpo"](r, 4), r - r.mean(1, keepdims=True), rtol=1e-5)
+
+    @register_advantage_estimator("test_zero")
+    def zero(rewards, group_size):
+        return np.zeros_like(rewards)
+
+    try:
+        assert "test_zero" in ADVANTAGE_ESTIMATORS
+    finally:
+        ADVANTAGE_ESTIMATORS.pop("test_zero")
+    with pytest.raises(ValueError, match="unknown kl_estimator"):
+        kl_estimate(np.zeros(2), "k2")
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])

@@ -142,6 +142,7 @@ def test_rows_stop_at_eos_and_short_generations(tiny_model):
     for row in range(2):
         stop = next(i for i in range(6) if int(tokens[row, i]) in eos) + 1
         assert int(cut.lengths[row]) == stop and np.asarray(cut.mask)[row].tolist() == [1] * stop + [0] * (6 - stop)
+        assert bool(cut.finished[row]) and not bool(full.finished[row])  # ended by EOS / cut at max_new_tokens
         np.testing.assert_array_equal(np.asarray(cut.tokens)[row, :stop], tokens[row, :stop])
         assert (np.asarray(cut.tokens)[row, stop:] == 0).all() and (np.asarray(cut.logprobs)[row, stop:] == 0).all()
         np.testing.assert_allclose(np.asarray(cut.logprobs)[row, :stop], logps[row, :stop], atol=1e-5)
@@ -149,3 +150,69 @@ def test_rows_stop_at_eos_and_short_generations(tiny_model):
     np.testing.assert_array_equal(np.asarray(one.tokens), tokens[:, :1])
     np.testing.assert_allclose(np.asarray(one.logprobs), logps[:, :1], atol=1e-5)
     assert np.asarray(one.lengths).tolist() == [1, 1]
+
+
+class _Tok:
+    """The tokenizer surface the sampler front-end uses: ids are characters' code points minus 90."""
+
+    eos_token_id, pad_token_id = 2, 0
+
+    def __init__(self, eos=2):
+        self.eos_token_id = eos
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) - 90 for c in text]
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["".join(chr(int(t) + 90) for t in row if int(t) != self.eos_token_id) for row in rows]
+
+
+def test_stop_tokens_are_the_union_of_model_and_tokenizer_eos(tiny_model):
+    from jaxpt.generation.frontend import sampling_config, stop_token_ids
+
+    config = dataclasses.replace(tiny_model[0], eos_token_id=(5, 7))
+    assert stop_token_ids(config, _Tok(eos=3)) == (3, 5, 7)
+    assert stop_token_ids(dataclasses.replace(config, eos_token_id=None), _Tok(eos=None)) == ()
+    with pytest.raises(ValueError, match="no EOS token id"):
+        stop_token_ids(dataclasses.replace(config, eos_token_id=None), _Tok(eos=None), required=True)
+    s = sampling_config(config, _Tok(eos=3), max_new_tokens=4)
+    assert s.eos_token_ids == (3, 5, 7) and s.pad_token_id == 0 and s.temperature == 0.0
+
+
+def test_sampler_front_end_matches_the_jitted_sampler(tiny_model, monkeypatch):
+    """Completions of the front-end are the sampler's (tokens, log-probs, lengths, finished), decoded; padded
+    batches drop their filler rows; ``sample_all`` batch k samples with fold_in(key(seed), k)."""
+    from jaxpt.data import tokenizer as tok_lib
+    from jaxpt.generation.frontend import Sampler
+
+    config, params = tiny_model
+    monkeypatch.setattr(tok_lib, "encode_prompt", lambda tok, p, chat: tok.encode(p))
+    tok = _Tok(eos=int(config.vocab_size) - 1)
+    sampling = SamplingConfig(max_new_tokens=5, temperature=1.0, eos_token_ids=(tok.eos_token_id,))
+    prompts = ["abcd", "efg", "hijkl"]
+    sampler = Sampler(config, tok, sampling, max_prompt_len=4, batch_size=2)
+    out = sampler.sample_all(params, prompts, seed=3)
+    assert len(out) == 3 and out.tokens.shape == (3, 5) and out.prompt_tokens.shape == (3, 4)
+    key = jax.random.key(3)
+    assert out.prompt_tokens[1].tolist() == [tok.pad_token_id, *tok.encode("efg")]  # left-padded
+    assert out.prompt_mask[1].tolist() == [0, 1, 1, 1]
+    for k, (lo, hi) in enumerate([(0, 2), (2, 3)]):
+        fill = [lo] * (2 - (hi - lo))  # a short batch is filled with copies of its first prompt
+        rows, masks = out.prompt_tokens[[*range(lo, hi), *fill]], out.prompt_mask[[*range(lo, hi), *fill]]
+        want = generate(config, params, jnp.asarray(rows), jnp.asarray(masks), jax.random.fold_in(key, k), sampling)
+        n = hi - lo
+        np.testing.assert_array_equal(out.tokens[lo:hi], np.asarray(want.tokens)[:n])
+        np.testing.assert_allclose(out.logprobs[lo:hi], np.asarray(want.logprobs)[:n], atol=1e-6)
+        np.testing.assert_array_equal(out.lengths[lo:hi], np.asarray(want.lengths)[:n])
+        np.testing.assert_array_equal(out.finished[lo:hi], np.asarray(want.finished)[:n])
+    assert out.texts == tok.batch_decode([t[:n] for t, n in zip(out.tokens, out.lengths, strict=True)])
+    assert out.prompt_tokens[2].tolist() == tok.encode("hijkl")[-4:]  # cut from the left
+    rows = out.rows()
+    assert [r["num_tokens"] for r in rows] == out.lengths.tolist()
+    np.testing.assert_allclose(
+        [r["logprob"] for r in rows], [lp[:n].sum() for lp, n in zip(out.logprobs, out.lengths, strict=True)], rtol=1e-6
+    )
+    repeated = Sampler(config, tok, sampling, max_prompt_len=4)(params, prompts[:2], key, repeat=3)
+    assert len(repeated) == 6 and (repeated.prompt_tokens[0] == repeated.prompt_tokens[2]).all()
+    with pytest.raises(ValueError, match="batch_size=2"):
+        sampler(params, prompts, key)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from jaxpt.config import load_config
+from jaxpt.config import ConfigError, load_config
 from jaxpt.data.sft import make_batch
 from jaxpt.data.tokenizer import build_char_tokenizer
 from jaxpt.losses.lm import token_logprobs
@@ -127,6 +127,16 @@ def test_resume_is_exact_and_logs_are_readable(tmp_path):
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu", "eval/loss"):
         assert tag in scalars, tag
     assert json.load(open(tmp_path / "full" / "config.json"))["algorithm"] == "sft"
+
+
+@pytest.mark.parametrize("spec", ["configs/sft/quickstart.py:tiny", "configs/grpo/arithmetic.py:tiny"])
+def test_unknown_config_field_fails_before_the_workdir_is_touched(tmp_path, spec):
+    """Every section is read through its algorithm's defaults(): a typo names the field and its closest match."""
+    config = load_config(spec)
+    config.data.seq_lenn = 64
+    with pytest.raises(ConfigError, match=r"'data.seq_lenn'; did you mean 'data.seq_len'"):
+        train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_sft_drives_loss_down(tmp_path):

@@ -7,6 +7,7 @@ import os
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from jaxpt.algorithms.sft import make_loss_fn
 from jaxpt.config import load_config
@@ -136,3 +137,36 @@ def sft_batches(examples, n=2, rows=8):
         idx = list(range(k * rows * 2, (k + 1) * rows * 2))
         out.append(make_batch(examples, [idx[i : i + 2] for i in range(0, len(idx), 2)], 64, 0))
     return out
+
+
+def char_model_config(tokenizer, hidden=32) -> ModelConfig:
+    """A 2-layer Llama over ``tokenizer``'s vocabulary (eval / data-generation tests)."""
+    return ModelConfig.from_hf(
+        dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def far_random_params(init_fn, seed, scale=0.3):
+    """Random params with the shapes ``init_fn`` would create (no compilation: shapes via ``eval_shape``), far
+    enough from a fresh init that logits are not flat; norm scales stay near 1."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        is_norm = any("norm" in str(getattr(k, "key", "")) for k in path)
+        return 1.0 + 0.1 * noise if is_norm else scale * noise
+
+    return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(init_fn))

@@ -81,7 +81,9 @@ def _jaxpt_rows(config, params, batch, args) -> list[dict]:
 
     bench = _bench()
     tx, schedule = make_optimizer(optimizer_config(lr=LR, warmup_steps=0, weight_decay=0.0), 1000)
-    kwargs = dpo.loss_kwargs(dpo.dpo_config(beta=BETA))
+    section = dpo.defaults().dpo
+    section.beta = BETA
+    kwargs = dpo.loss_kwargs(section)
     step = jax.jit(make_train_step(dpo.make_loss_fn(config, config, kwargs, 0), tx, schedule), donate_argnums=0)
     reference = jax.tree.map(jnp.copy, params)  # the frozen reference (the step donates the policy's buffers)
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}

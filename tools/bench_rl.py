@@ -31,7 +31,7 @@ B, P, N, G = 8, 128, 128, 8
 def _setup(algorithm: str, mesh, rules):
     from ml_collections import ConfigDict
 
-    from jaxpt.algorithms import get_algorithm
+    from jaxpt.algorithms import get_algorithm, resolve_config
     from jaxpt.data.tokenizer import CHAR_SPECIAL_TOKENS, build_char_tokenizer
     from jaxpt.models.factory import model_config_from
     from jaxpt.sharding import batch_sharding, replicated
@@ -70,6 +70,7 @@ def _setup(algorithm: str, mesh, rules):
     c.optimizer = optimizer_config(lr=1e-5)
     c.mesh = mesh_config()
 
+    c = resolve_config(c)
     model_config = model_config_from(c.model, tokenizer)
     parts = get_algorithm(algorithm)(c, model_config, tokenizer, mesh)
     tx, schedule = make_optimizer(c.optimizer, 100 * parts.updates_per_step)

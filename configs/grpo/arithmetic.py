@@ -12,29 +12,23 @@ learning rate: with few prompts per step this tiny model's policy drifts off its
 problems (see experiments/rl_arithmetic/README.md).
 """
 
+import os
+
 from ml_collections import ConfigDict
 
-from jaxpt.training.defaults import arithmetic_rl_config, arithmetic_rl_tiny, optimizer_config, train_config
+from jaxpt.algorithms.grpo import defaults
+from jaxpt.config import import_config_file
+
+common = import_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common.py"))
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    c = arithmetic_rl_config("grpo")
-    c.grpo = ConfigDict(
-        dict(
-            num_generations=8,
-            mini_batch_size=1024,
-            num_iterations=1,
-            loss_type="dapo",
-            epsilon_low=0.2,
-            epsilon_high=0.28,
-            beta=0.0,
-            scale_rewards=True,
-        )
-    )
-    c.train = train_config(steps=300, batch_size=128, log_every=1, eval_every=100, checkpoint_every=100)
-    c.optimizer = optimizer_config(lr=5e-5, warmup_steps=5, weight_decay=0.0, end_lr_factor=0.5)
+    c = common.arithmetic_rl(defaults())  # every field: jaxpt.algorithms.grpo.defaults()
+    c.grpo.update(dict(num_generations=8, mini_batch_size=1024, loss_type="dapo", epsilon_high=0.28, beta=0.0))
+    c.train.update(dict(steps=300, batch_size=128, log_every=1, eval_every=100, checkpoint_every=100))
+    c.optimizer.update(dict(lr=5e-5, warmup_steps=5, weight_decay=0.0, end_lr_factor=0.5))
     if arg == "tiny":  # from scratch, char tokenizer: runs anywhere in seconds (tests)
-        arithmetic_rl_tiny(c)
+        common.arithmetic_rl_tiny(c)
         c.grpo.update(dict(num_generations=4, mini_batch_size=16, num_iterations=2, beta=0.04))
         c.train.batch_size = 8
     elif arg:

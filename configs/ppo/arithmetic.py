@@ -12,39 +12,23 @@ The value model starts from the SFT decoder with a fresh scalar head (``ppo.valu
 model's dir / RM run to start from a reward model instead).
 """
 
+import os
+
 from ml_collections import ConfigDict
 
-from jaxpt.training.defaults import arithmetic_rl_config, arithmetic_rl_tiny, optimizer_config, train_config
+from jaxpt.algorithms.ppo import defaults
+from jaxpt.config import import_config_file
+
+common = import_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common.py"))
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    c = arithmetic_rl_config("ppo")
-    c.ppo = ConfigDict(
-        dict(
-            samples_per_prompt=4,
-            epochs=2,
-            mini_batch_size=256,
-            cliprange=0.2,
-            cliprange_value=0.2,
-            vf_coef=0.1,
-            ent_coef=0.0,
-            gamma=1.0,
-            lam=0.95,
-            whiten_rewards=False,
-            whiten_advantages=True,
-            kl_coef=0.02,
-            kl_estimator="k1",
-            adaptive_kl=False,
-            kl_target=6.0,
-            kl_horizon=10000.0,
-            missing_eos_penalty=1.0,
-            value_model_path="",
-        )
-    )
-    c.train = train_config(steps=300, batch_size=128, log_every=1, eval_every=100, checkpoint_every=100)
-    c.optimizer = optimizer_config(lr=3e-5, warmup_steps=5, weight_decay=0.0, end_lr_factor=0.5)
+    c = common.arithmetic_rl(defaults())  # every field: jaxpt.algorithms.ppo.defaults()
+    c.ppo.update(dict(samples_per_prompt=4, epochs=2, mini_batch_size=256, kl_coef=0.02))
+    c.train.update(dict(steps=300, batch_size=128, log_every=1, eval_every=100, checkpoint_every=100))
+    c.optimizer.update(dict(lr=3e-5, warmup_steps=5, weight_decay=0.0, end_lr_factor=0.5))
     if arg == "tiny":  # from scratch, char tokenizer: runs anywhere in seconds (tests)
-        arithmetic_rl_tiny(c)
+        common.arithmetic_rl_tiny(c)
         c.ppo.update(
             dict(
                 samples_per_prompt=1,

@@ -12,40 +12,33 @@ watch (from the SFT quickstart's export, 2 CPU cores, < 1 min: 0.485 -> 0.645, m
 0.698 -> 0.609); the run exports an ``AutoModelForSequenceClassification`` checkpoint to ``<workdir>/export``.
 """
 
+import os
+
 from ml_collections import ConfigDict
 
-from jaxpt.training.defaults import mesh_config, model_config, optimizer_config, tiny_llama, train_config
+from jaxpt.algorithms.reward_model import defaults
+from jaxpt.config import import_config_file
+
+common = import_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common.py"))
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    c = ConfigDict()
-    c.algorithm = "rm"
-    c.seed = 0
+    c = defaults()  # every field: jaxpt.algorithms.reward_model.defaults()
     # The built-in char tokenizer the SFT quickstart uses; a model dir with its own tokenizer files wins
-    # when tokenizer.path is empty (see jaxpt/algorithms/reward_model.py).
-    c.tokenizer = ConfigDict(dict(path="", builtin="char"))
-    c.model = model_config(path="runs/quickstart/export")
-    c.model.head = "auto"  # auto | lm (causal LM: new random head) | score (*ForSequenceClassification)
-    c.data = ConfigDict(
+    # when tokenizer.path is empty (jaxpt/algorithms/common/preference.py).
+    c.tokenizer.builtin = "char"
+    c.model.path = "runs/quickstart/export"  # model.head = auto: a causal LM gets a new random head
+    c.data.update(
         dict(
             train="data/arithmetic/prefs_train.jsonl",
             eval="data/arithmetic/prefs_eval.jsonl",
-            eval_split="test",  # only used when eval is a save_to_disk DatasetDict
             seq_len=16,  # prompt + completion + BOS/EOS of the arithmetic pairs is at most 11 tokens
-            max_prompt_length=0,  # 0 = no separate limit
-            max_completion_length=0,
-            chat=False,  # True: string prompts go through the chat template as one user turn
         )
     )
-    c.rm = ConfigDict(dict(center_coef=0.0, margin_column="margin"))  # margin used when the column exists
-    c.train = train_config(steps=600, batch_size=16, log_every=20, eval_every=200, checkpoint_every=200)
-    c.optimizer = optimizer_config(lr=1e-4, warmup_steps=20, weight_decay=0.0)
-    c.mesh = mesh_config()
+    c.train.update(dict(steps=600, batch_size=16, log_every=20, eval_every=200, checkpoint_every=200))
+    c.optimizer.update(dict(lr=1e-4, warmup_steps=20, weight_decay=0.0))
     if arg == "tiny":
-        c.model.path = ""
-        c.model.scratch = tiny_llama(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-        c.train.update(dict(steps=8, batch_size=8, log_every=2, eval_every=4, checkpoint_every=4, peak_flops=1e12))
-        c.optimizer.warmup_steps = 2
+        common.tiny_scratch_model(c)
     elif arg:
         raise ValueError(f"unknown preset {arg!r}; presets: tiny")
     return c

@@ -20,14 +20,13 @@ import os
 import sys
 from collections import defaultdict
 
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from jaxpt.data.tasks import check_answer, make_arithmetic_examples  # noqa: E402
-from jaxpt.data.tokenizer import encode_prompts, load_tokenizer  # noqa: E402
-from jaxpt.generation.sampler import SamplingConfig, generate  # noqa: E402
+from jaxpt.data.tokenizer import load_tokenizer  # noqa: E402
+from jaxpt.generation.frontend import Sampler, sampling_config  # noqa: E402
 from jaxpt.models.hf import load_hf  # noqa: E402
 
 
@@ -35,25 +34,17 @@ def accuracy(model_dir: str, records: list[dict], prompt_len: int, max_new_token
     """Greedy completions of every eval prompt, checked by the verifier (``check_answer``)."""
     config, params = load_hf(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    eos = tuple(sorted({*config.eos_token_ids, tokenizer.eos_token_id}))
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=0.0, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id
-    )
+    sampling = sampling_config(config, tokenizer, max_new_tokens)  # greedy, the model's stop tokens
+    sampler = Sampler(config, tokenizer, sampling, max_prompt_len=prompt_len, batch_size=batch)
+    texts = sampler.sample_all(params, [r["prompt"] for r in records]).texts
     correct, by_level = [], defaultdict(list)
     examples = []
-    for start in range(0, len(records), batch):
-        chunk = records[start : start + batch]
-        prompts = [r["prompt"] for r in chunk] + [chunk[0]["prompt"]] * (batch - len(chunk))
-        enc = encode_prompts(tokenizer, prompts, prompt_len, chat=False)
-        out = generate(config, params, enc["tokens"], enc["mask"], jax.random.key(0), sampling)
-        tokens, lengths = jax.device_get((out.tokens, out.lengths))
-        texts = tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths, strict=True)], skip_special_tokens=True)
-        for r, text in zip(chunk, texts, strict=False):
-            ok = check_answer(r["prompt"], text)
-            correct.append(ok)
-            by_level[str(r.get("difficulty", "all"))].append(ok)
-            if len(examples) < 8:
-                examples.append({"prompt": r["prompt"], "completion": text, "correct": ok})
+    for r, text in zip(records, texts, strict=True):
+        ok = check_answer(r["prompt"], text)
+        correct.append(ok)
+        by_level[str(r.get("difficulty", "all"))].append(ok)
+        if len(examples) < 8:
+            examples.append({"prompt": r["prompt"], "completion": text, "correct": ok})
     return {
         "accuracy": float(np.mean(correct)),
         "num_examples": len(correct),

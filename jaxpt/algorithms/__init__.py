@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import ModuleType
+
+from ml_collections import ConfigDict
+
+from jaxpt.config import ConfigError, with_defaults
+from jaxpt.training.defaults import OPEN_FIELDS
 
 ALGORITHMS = {
     "sft": "jaxpt.algorithms.sft",
@@ -14,8 +20,20 @@ ALGORITHMS = {
 }
 
 
-def get_algorithm(name: str) -> Callable:
-    """The ``build(config, model_config, tokenizer, mesh)`` function of algorithm ``name``."""
+def _module(name: str) -> ModuleType:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
-    return importlib.import_module(ALGORITHMS[name]).build
+    return importlib.import_module(ALGORITHMS[name])
+
+
+def get_algorithm(name: str) -> Callable:
+    """The ``build(config, model_config, tokenizer, mesh)`` function of algorithm ``name``."""
+    return _module(name).build
+
+
+def resolve_config(config: ConfigDict) -> ConfigDict:
+    """``config`` read through its algorithm's ``defaults()``: every field present, and a field the defaults
+    do not have is a ``ConfigError`` naming it (with the closest known fields), before anything runs."""
+    if "algorithm" not in config:
+        raise ConfigError("the config has no 'algorithm' field (sft, rm, dpo, ppo, grpo)")
+    return with_defaults(config, _module(config.algorithm).defaults(), open_fields=OPEN_FIELDS)

@@ -38,46 +38,50 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.algorithms.reward_model import (
+from jaxpt.algorithms.common.policy import InitialPolicy
+from jaxpt.algorithms.common.preference import (
     check_batch_layout,
     load_pairs,
     masked_means,
     masked_sums,
     pair_valid,
+    preference_data_defaults,
     preference_tokenizer,
     summarize_pairs,
 )
-from jaxpt.algorithms.rollout import merged_section
+from jaxpt.config import with_defaults
 from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
 from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.decoder import abstract_params, init_params
-from jaxpt.models.factory import model_params_from, run_options
+from jaxpt.models.decoder import abstract_params
+from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.logprobs import sequence_logprobs
 from jaxpt.sharding import batch_sharding, param_shardings, rules_of, shard_batch
+from jaxpt.training.defaults import base_config
 from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
 REFERENCE_FREE = ("simpo", "orpo")
 
 
-def dpo_config(**overrides) -> ConfigDict:
-    """Defaults of the ``config.dpo`` section."""
-    cfg = ConfigDict(
+def defaults() -> ConfigDict:
+    """Every field of a DPO config with its default (``configs/dpo/`` files start from this)."""
+    c = base_config("dpo")
+    c.data = preference_data_defaults()
+    c.dpo = ConfigDict(
         dict(
-            loss_type="sigmoid",
+            loss_type="sigmoid",  # sigmoid | robust | ipo | hinge | simpo | orpo (jaxpt.losses.preference)
             beta=0.1,
             label_smoothing=0.0,  # cDPO (sigmoid) / rDPO (robust) label-noise rate
             simpo_gamma=1.0,
             ipo_length_normalize=False,
             orpo_include_nll=True,
             reference_path="",  # "" = the policy's initial weights
-            precompute_reference=False,
+            precompute_reference=False,  # reference log-probs once, before training (no reference in the step)
         )
     )
-    cfg.update(overrides)
-    return cfg
+    return c
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -158,24 +162,11 @@ def make_eval_fn(policy_config, ref_config, kwargs, chunk_size):
 
 
 # ------------------------------------------------------------------------------------------- reference
-def initial_policy(config: ConfigDict, policy_config: ModelConfig):
-    """``init(shardings)``: the policy's initial params (HF checkpoint or seeded scratch init). The scratch
-    init is jitted once, so the reference copy costs no second compilation."""
-    jitted = {}
-
-    def init(shardings):
-        if config.model.get("path"):
-            return model_params_from(config.model, policy_config, shardings, config.seed)
-        if "fn" not in jitted:
-            key = jax.random.key(config.seed)
-            jitted["fn"] = jax.jit(lambda: init_params(policy_config, key), out_shardings=shardings)
-        return jitted["fn"]()
-
-    return init
-
-
-def reference_model(config: ConfigDict, dpo: ConfigDict, policy_config: ModelConfig, mesh: Mesh, init_policy):
-    """``(ref_config, load)``: ``load()`` returns the reference params on their shardings."""
+def reference_model(
+    config: ConfigDict, dpo: ConfigDict, policy_config: ModelConfig, mesh: Mesh, initial: InitialPolicy
+):
+    """``(ref_config, load)``: ``load()`` returns the reference params on their shardings (``dpo.reference_path``,
+    else the policy's initial weights)."""
     rules = rules_of(config)
     path = dpo.reference_path
     if path:
@@ -187,7 +178,7 @@ def reference_model(config: ConfigDict, dpo: ConfigDict, policy_config: ModelCon
         shardings = param_shardings(abstract_params(ref_config), mesh, rules)
         return ref_config, lambda: load_hf(path, shardings=shardings, **run_options(config.model))[1]
     shardings = param_shardings(abstract_params(policy_config), mesh, rules)
-    return policy_config, lambda: init_policy(shardings)
+    return policy_config, lambda: initial.load(shardings)
 
 
 def precompute_reference(
@@ -216,27 +207,29 @@ def precompute_reference(
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     check_batch_layout(config)
     d = config.data
-    dpo = merged_section(dpo_config(), config.get("dpo", ConfigDict()), "dpo")
+    dpo = with_defaults(config.get("dpo"), defaults().dpo, "dpo")
     kwargs = loss_kwargs(dpo)
     tokenizer = preference_tokenizer(config, tokenizer, model_config)
     pad = tokenizer.pad_token_id or 0
     b = config.train.batch_size
-    chunk = config.train.get("loss_chunk_size", 0)
+    chunk = config.train.loss_chunk_size
     train = load_pairs(d.train, tokenizer, d)
-    held_out = load_pairs(d.eval, tokenizer, d, split=d.get("eval_split", "test")) if d.get("eval") else []
+    held_out = load_pairs(d.eval, tokenizer, d, split=d.eval_split) if d.eval else []
 
-    init_policy = initial_policy(config, model_config)
+    initial = InitialPolicy(config, model_config)
     reference_free = dpo.loss_type in REFERENCE_FREE
     ref_config, load_reference = (None, None)
     if not reference_free:
-        ref_config, load_reference = reference_model(config, dpo, model_config, mesh, init_policy)
+        ref_config, load_reference = reference_model(config, dpo, model_config, mesh, initial)
     frozen = None
     if not reference_free and dpo.precompute_reference:
         ref_params = load_reference()
         precompute_reference(ref_config, ref_params, [train, held_out], b, d.seq_len, pad, mesh, chunk)
         del ref_params
+    elif dpo.reference_path:
+        frozen = lambda params: load_reference()  # noqa: E731  (the given model, never the policy)
     elif not reference_free:
-        frozen = lambda params: load_reference()  # noqa: E731  (the initial / given model, never the policy)
+        frozen = initial.reference  # the initial policy: a copy on a fresh start, re-created on a resume
 
     train_iter = PreferenceDataIterator(
         train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad, shared_prompt=True
@@ -257,7 +250,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         eval_fn=make_eval_fn(model_config, ref_config, kwargs, chunk),
         summarize=summarize_pairs,
         abstract_params=abstract_params(model_config),
-        init_params=init_policy,
+        init_params=initial.init,
         frozen=frozen,
         tokens_in_batch=batch_tokens,
         flops_in_batch=lambda batch: batch_tokens(batch) * per_token,

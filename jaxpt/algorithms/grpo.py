@@ -1,4 +1,4 @@
-"""Group Relative Policy Optimization (GRPO; Shao et al. 2024), on the plumbing in ``rollout.py`` (shared with PPO).
+"""Group Relative Policy Optimization (GRPO; Shao et al. 2024), on the online-RL skeleton shared with PPO.
 
     jaxpt train --config=configs/grpo/arithmetic.py --workdir=runs/grpo
 
@@ -6,10 +6,11 @@ Each loop step is one *rollout* (``AlgorithmParts.rollout``, called with the loo
 
 1. ``train.batch_size`` prompts come from a resumable prompt iterator (``data.train``, field
    ``data.prompt_key``); each is repeated ``grpo.num_generations`` (G) times;
-2. the jitted sampler (``jaxpt.generation.sampler.generate``) draws the completions from the *current* policy
+2. the sampler (``jaxpt.generation.frontend.Sampler``) draws the completions from the *current* policy
    params (an argument of the jitted function, never a captured copy);
-3. completions are decoded and scored by ``config.rewards`` (``jaxpt/rewards.py``); advantages are the
-   group-normalised rewards ``(r - mean_G) / (std_G + eps)`` (``grpo.scale_rewards=False``: Dr. GRPO);
+3. completions are decoded and scored by ``config.rewards`` (``jaxpt/rewards/``); advantages are the
+   group-normalised rewards ``(r - mean_G) / (std_G + eps)`` (``grpo.advantage``: ``dr_grpo`` drops the
+   division, ``rloo`` uses the leave-one-out baseline);
 4. one jitted scoring pass gives the frozen reference's log-probs (``AlgorithmParts.frozen``: the initial
    model re-created from ``config.model``, so a resumed run keeps the *initial* reference) and, with
    ``rollout.old_logprobs="recompute"``, the behaviour policy's; by default (``"sampler"``) the sampler's
@@ -23,7 +24,8 @@ Each loop step is one *rollout* (``AlgorithmParts.rollout``, called with the loo
 Rows store each prompt once (``shared_prompt_rows``: the G completions of a prompt run on one copy of its KV
 cache, so the scoring pass and the updates run the prompt once per group instead of G times); when a
 minibatch's prompt count does not divide over the mesh's batch shards, the flat ``prompt | completion`` rows
-are used instead. Log-prob conventions: ``jaxpt/algorithms/rollout.py``.
+are used instead. The skeleton of this step (sample, score, scoring pass, minibatches) and the log-prob conventions:
+``jaxpt/algorithms/common/rollout.py``.
 
 Metrics per step (``train/``): ``reward`` (+ ``reward_std``, ``reward/<name>`` per reward component,
 ``frac_reward_zero_std``), ``kl`` (mean over sequences of sum_t log pi_old - log pi_ref, in nats),
@@ -35,7 +37,6 @@ training, greedy decoding of up to ``data.eval_prompts`` eval prompts scored by 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
@@ -45,45 +46,43 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.algorithms.rollout import (
-    InitialPolicy,
-    PromptIterator,
-    RolloutEngine,
-    check_rows,
-    eval_setup,
-    kl_metrics,
-    load_prompt_records,
-    merged_section,
-    minibatches,
-    response_logprobs,
-    reward_metrics,
-    rollout_timings,
-    shared_prompt_rows,
-)
+from jaxpt.algorithms.common import rollout as rl
+from jaxpt.algorithms.common.policy import InitialPolicy
+from jaxpt.config import with_defaults
 from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.lm import masked_mean
-from jaxpt.losses.rl import GRPO_LOSS_TYPES, grpo_advantages, grpo_loss
+from jaxpt.losses.rl import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, grpo_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.hf import save_hf
 
 
-def grpo_config(config: ConfigDict) -> ConfigDict:
-    defaults = ConfigDict(
+def defaults() -> ConfigDict:
+    """Every field of a GRPO config with its default (``configs/grpo/`` files start from this)."""
+    c = rl.defaults("grpo")
+    c.grpo = ConfigDict(
         dict(
             num_generations=8,  # G: completions per prompt
             mini_batch_size=0,  # rows per optimizer update; 0 = the whole rollout (batch_size * G)
             num_iterations=1,  # mu: passes over each rollout
-            loss_type="dapo",  # grpo | dr_grpo | dapo
+            loss_type="dapo",  # grpo | dr_grpo | dapo (jaxpt.losses.rl.LOSS_AGGREGATIONS)
             epsilon_low=0.2,
             epsilon_high=0.2,  # DAPO "clip-higher" uses 0.28
             beta=0.0,  # KL(pi || ref) coefficient (k3 estimator); 0 drops the term
-            scale_rewards=True,  # False: Dr. GRPO (no division by the group std)
+            # grpo: (r - mean_G) / std_G; dr_grpo: r - mean_G; rloo: leave-one-out (ADVANTAGE_ESTIMATORS)
+            advantage="grpo",
         )
     )
-    g = merged_section(defaults, config.get("grpo", ConfigDict()), "grpo")
-    if g.loss_type not in GRPO_LOSS_TYPES:
-        raise ValueError(f"grpo.loss_type={g.loss_type!r}; valid: {', '.join(GRPO_LOSS_TYPES)}")
+    return c
+
+
+def grpo_config(config: ConfigDict) -> ConfigDict:
+    """``config.grpo`` with defaults, checked; an unknown field is an error naming it."""
+    g = with_defaults(config.get("grpo"), defaults().grpo, "grpo")
+    if g.loss_type not in LOSS_AGGREGATIONS:
+        raise ValueError(f"grpo.loss_type={g.loss_type!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
+    if g.advantage not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"grpo.advantage={g.advantage!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
     if g.num_generations < 2:
         raise ValueError("grpo.num_generations must be >= 2 (advantages are relative to the group)")
     return g
@@ -98,7 +97,7 @@ def make_grpo_loss_fn(
     chunk_size: int = 0,
 ):
     def loss_fn(params, batch, rng, frozen):
-        logp, ent = response_logprobs(model_config, params, batch, prompt_len, temperature, True, chunk_size)
+        logp, ent = rl.response_logprobs(model_config, params, batch, prompt_len, temperature, True, chunk_size)
         mask = batch["response_mask"]
         loss, m = grpo_loss(
             logp,
@@ -125,44 +124,28 @@ def make_grpo_loss_fn(
 
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     g = grpo_config(config)
-    engine = RolloutEngine(config, model_config, tokenizer, mesh)
+    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
     prompt_len, new_tokens, temp = engine.prompt_len, engine.new_tokens, engine.temperature
-    b = config.train.batch_size
-    rows = b * g.num_generations
+    group = g.num_generations
+    rows = config.train.batch_size * group
     mini = g.mini_batch_size or rows
-    check_rows(rows, mini, engine.num_batch_shards, "grpo")
-    train_iter = PromptIterator(
-        load_prompt_records(config.data.train, engine.prompt_key), b, seed=config.seed, shuffle=True
-    )
+    rl.check_rows(rows, mini, engine.num_batch_shards, "grpo")
+    train_iter = rl.prompt_iterator(config, engine)
     recompute = engine.cfg.old_logprobs == "recompute"
-    chunk = config.train.get("loss_chunk_size", 0)  # tokens per block of the vocabulary projection; 0 = one
+    chunk = config.train.loss_chunk_size  # tokens per block of the vocabulary projection; 0 = one
     # shared-prompt rows when a minibatch's prompts split evenly over the batch shards and micro-batches
-    per_mini, split = mini // g.num_generations, engine.num_batch_shards * config.train.grad_accum_steps
-    shared = mini % g.num_generations == 0 and per_mini % split == 0
+    per_mini, split = mini // group, engine.num_batch_shards * config.train.grad_accum_steps
+    shared = mini % group == 0 and per_mini % split == 0
+    advantages = ADVANTAGE_ESTIMATORS[g.advantage]
 
     @jax.jit
     def score_pass(params, ref_params, batch):
-        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp, chunk_size=chunk)
-        old = None
-        if recompute:
-            old, _ = response_logprobs(model_config, params, batch, prompt_len, temp, chunk_size=chunk)
-        return ref, old
+        return rl.scoring_logprobs(model_config, params, ref_params, batch, prompt_len, temp, recompute, chunk)
 
-    def rollout(params, frozen, step):
-        t0 = time.perf_counter()
-        records = next(train_iter)
-        s = engine.sample(params, records, engine.rng(step), repeat=g.num_generations)
-        t1 = time.perf_counter()
-        total, parts = engine.score(s)
-        t2 = time.perf_counter()
-        if shared:
-            seqs, order = shared_prompt_rows(s, g.num_generations)
-        else:
-            seqs, order = engine.sequences(s), np.arange(len(s.tokens))
+    def prepare(params, frozen, s, seqs, order, total):
         ref, old = jax.device_get(score_pass(params, frozen, engine.put_tree(seqs)))
         old = np.asarray(old if recompute else s.logprobs[order], np.float32)
-        adv = np.asarray(grpo_advantages(jnp.asarray(total), g.num_generations, g.scale_rewards))[order]
-        t3 = time.perf_counter()
+        adv = np.asarray(advantages(jnp.asarray(total), group))[order]
         mask = s.mask[order]
         batch = {
             **seqs,
@@ -170,14 +153,21 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             "ref_logprobs": np.asarray(ref, np.float32) * mask,
             "advantages": adv.astype(np.float32),
         }
-        groups = total.reshape(-1, g.num_generations)
-        metrics = reward_metrics(total, parts, s)
-        metrics.update(kl_metrics(old, np.asarray(ref), mask))
-        metrics["frac_reward_zero_std"] = float(np.mean(np.std(groups, axis=1) == 0))
-        metrics.update(rollout_timings(t0, t1, t2, t3))
-        return minibatches(batch, mini, g.num_iterations, config.seed, step), metrics
+        metrics = rl.kl_metrics(old, np.asarray(ref), mask)
+        metrics["frac_reward_zero_std"] = float(np.mean(np.std(total.reshape(-1, group), axis=1) == 0))
+        return batch, metrics
 
-    eval_batches, eval_records, eval_inner, summarize = eval_setup(config, tokenizer, model_config, rows)
+    rollout = rl.online_rollout(
+        engine,
+        train_iter,
+        repeat=group,
+        prepare=prepare,
+        mini_batch_size=mini,
+        epochs=g.num_iterations,
+        seed=config.seed,
+        shared_prompt_group=group if shared else 0,
+    )
+    eval_batches, eval_records, eval_inner, summarize = rl.eval_setup(config, tokenizer, model_config, rows)
 
     def export(params, out_dir):
         save_hf(model_config, jax.device_get(params), out_dir, tokenizer=tokenizer)
@@ -201,4 +191,4 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     )
 
 
-__all__ = ["build", "grpo_config", "make_grpo_loss_fn"]
+__all__ = ["build", "defaults", "grpo_config", "make_grpo_loss_fn"]

@@ -13,10 +13,10 @@ random head. The frozen reference (``AlgorithmParts.frozen``) is the initial pol
 Each loop step (``rollout``, called with the current params):
 
 1. ``train.batch_size`` prompts x ``ppo.samples_per_prompt`` completions from the jitted sampler with the
-   current policy params (``jaxpt/algorithms/rollout.py``'s ``RolloutEngine``, shared with GRPO);
-2. sequence scores from ``config.rewards`` (``jaxpt/rewards.py``); completions that did not end with EOS
+   current policy params (``jaxpt.algorithms.common.rollout``: the step skeleton shared with GRPO);
+2. sequence scores from ``config.rewards`` (``jaxpt/rewards/``); completions that did not end with EOS
    (cut at ``rollout.max_new_tokens``) lose ``ppo.missing_eos_penalty``;
-3. one jitted pass: reference log-probs, values (and the behaviour log-probs with
+3. one jitted scoring pass: reference log-probs, values (and the behaviour log-probs with
    ``rollout.old_logprobs="recompute"``), the per-token KL-shaped rewards
    ``r_t = -kl_coef * kl_t (+ score at the last token)`` (``kl_estimator`` k1 / k3), optional reward
    whitening, GAE (``gamma``, ``lam``) and advantage whitening over the whole rollout;
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -46,23 +45,20 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.algorithms.rollout import (
-    InitialPolicy,
-    PromptIterator,
-    RolloutEngine,
-    check_rows,
-    eval_setup,
-    kl_metrics,
-    load_prompt_records,
-    merged_section,
-    minibatches,
-    response_logprobs,
-    reward_metrics,
-    rollout_timings,
-)
+from jaxpt.algorithms.common import rollout as rl
+from jaxpt.algorithms.common.policy import InitialPolicy
+from jaxpt.config import with_defaults
 from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.lm import masked_mean
-from jaxpt.losses.rl import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, update_kl_coef, whiten
+from jaxpt.losses.rl import (
+    KL_ESTIMATORS,
+    gae,
+    kl_penalty_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    update_kl_coef,
+    whiten,
+)
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import run_options
@@ -71,8 +67,10 @@ from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
 from jaxpt.rewards import resolve_model_dir
 
 
-def ppo_config(config: ConfigDict) -> ConfigDict:
-    defaults = ConfigDict(
+def defaults() -> ConfigDict:
+    """Every field of a PPO config with its default (``configs/ppo/`` files start from this)."""
+    c = rl.defaults("ppo")
+    c.ppo = ConfigDict(
         dict(
             samples_per_prompt=1,
             epochs=4,  # PPO epochs over each rollout
@@ -86,7 +84,7 @@ def ppo_config(config: ConfigDict) -> ConfigDict:
             whiten_rewards=False,
             whiten_advantages=True,
             kl_coef=0.05,
-            kl_estimator="k1",  # k1 (log pi - log ref, as the papers) or k3
+            kl_estimator="k1",  # k1 (log pi - log ref, as the papers) or k3 (jaxpt.losses.rl.KL_ESTIMATORS)
             adaptive_kl=False,
             kl_target=6.0,  # nats per sequence (Ziegler et al.)
             kl_horizon=10000.0,
@@ -94,9 +92,14 @@ def ppo_config(config: ConfigDict) -> ConfigDict:
             value_model_path="",  # "" = the policy's initial decoder + a random scalar head
         )
     )
-    p = merged_section(defaults, config.get("ppo", ConfigDict()), "ppo")
-    if p.kl_estimator not in ("k1", "k3"):
-        raise ValueError(f"ppo.kl_estimator={p.kl_estimator!r}; valid: k1, k3")
+    return c
+
+
+def ppo_config(config: ConfigDict) -> ConfigDict:
+    """``config.ppo`` with defaults, checked; an unknown field is an error naming it."""
+    p = with_defaults(config.get("ppo"), defaults().ppo, "ppo")
+    if p.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"ppo.kl_estimator={p.kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
     return p
 
 
@@ -164,7 +167,9 @@ def make_ppo_loss_fn(
     value_model_ = ScalarHeadModel(value_config)
 
     def loss_fn(params, batch, rng, frozen):
-        logp, ent = response_logprobs(policy_config, params["policy"], batch, prompt_len, temperature, True, chunk_size)
+        logp, ent = rl.response_logprobs(
+            policy_config, params["policy"], batch, prompt_len, temperature, True, chunk_size
+        )
         values = response_values(value_model_, params["value"], batch, prompt_len)
         mask = batch["response_mask"]
         pg_loss, pg_m = ppo_policy_loss(logp, batch["old_logprobs"], batch["advantages"], mask, p.cliprange)
@@ -188,29 +193,25 @@ def make_ppo_loss_fn(
 
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     p = ppo_config(config)
-    engine = RolloutEngine(config, model_config, tokenizer, mesh)
+    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
     prompt_len, temp = engine.prompt_len, engine.temperature
-    b = config.train.batch_size
-    rows = b * p.samples_per_prompt
+    rows = config.train.batch_size * p.samples_per_prompt
     mini = p.mini_batch_size or rows
-    check_rows(rows, mini, engine.num_batch_shards, "ppo")
-    train_iter = PromptIterator(
-        load_prompt_records(config.data.train, engine.prompt_key), b, seed=config.seed, shuffle=True
-    )
+    rl.check_rows(rows, mini, engine.num_batch_shards, "ppo")
+    train_iter = rl.prompt_iterator(config, engine)
     train_iter.extra["kl_coef"] = float(p.kl_coef)
     value_config, init_value = value_model(config, p, model_config)
     value_module = ScalarHeadModel(value_config)
     recompute = engine.cfg.old_logprobs == "recompute"
-    chunk = config.train.get("loss_chunk_size", 0)  # tokens per block of the vocabulary projection; 0 = one
+    chunk = config.train.loss_chunk_size  # tokens per block of the vocabulary projection; 0 = one
 
     @jax.jit
-    def prepare(params, ref_params, batch, score, sampler_logprobs, kl_coef):
+    def score_pass(params, ref_params, batch, score, sampler_logprobs, kl_coef):
         mask = batch["response_mask"]
-        ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temp, chunk_size=chunk)
-        if recompute:
-            logp, _ = response_logprobs(model_config, params["policy"], batch, prompt_len, temp, chunk_size=chunk)
-        else:
-            logp = sampler_logprobs
+        ref, old = rl.scoring_logprobs(
+            model_config, params["policy"], ref_params, batch, prompt_len, temp, recompute, chunk
+        )
+        logp = old if recompute else sampler_logprobs
         values = response_values(value_module, params["value"], batch, prompt_len) * mask
         rewards, kl = kl_penalty_rewards(score, logp, ref, mask, kl_coef, p.kl_estimator)
         if p.whiten_rewards:
@@ -229,18 +230,11 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         }
         return {"logp": logp * mask, "ref": ref * mask, "values": values, "adv": adv, "returns": returns}, stats
 
-    def rollout(params, frozen, step):
-        t0 = time.perf_counter()
-        records = next(train_iter)
-        s = engine.sample(params["policy"], records, engine.rng(step), repeat=p.samples_per_prompt)
-        t1 = time.perf_counter()
-        total, parts = engine.score(s)
+    def prepare(params, frozen, s, seqs, order, total):
         score = total - np.where(s.finished, 0.0, p.missing_eos_penalty).astype(np.float32)
-        t2 = time.perf_counter()
-        seqs = engine.sequences(s)
         kl_coef = float(train_iter.extra.get("kl_coef", p.kl_coef))
         out, stats = jax.device_get(
-            prepare(
+            score_pass(
                 params,
                 frozen,
                 engine.put_tree(seqs),
@@ -249,7 +243,6 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
                 jnp.float32(kl_coef),
             )
         )
-        t3 = time.perf_counter()
         batch = {
             **seqs,
             "old_logprobs": np.asarray(out["logp"], np.float32),
@@ -257,8 +250,7 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             "returns": np.asarray(out["returns"], np.float32),
             "advantages": np.asarray(out["adv"], np.float32),
         }
-        metrics = reward_metrics(total, parts, s)
-        metrics.update(kl_metrics(batch["old_logprobs"], np.asarray(out["ref"]), s.mask))
+        metrics = rl.kl_metrics(batch["old_logprobs"], np.asarray(out["ref"]), s.mask)
         metrics["score"] = float(np.mean(score))
         metrics["kl_coef"] = kl_coef
         metrics["non_score_reward"] = float(np.mean(stats["non_score_reward"]))
@@ -266,12 +258,20 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             metrics[k] = float(stats[k])
         if p.adaptive_kl:
             mean_kl = float(np.mean(stats["kl_seq"]))
-            new = update_kl_coef(kl_coef, mean_kl, rows, p.kl_target, p.kl_horizon)
-            train_iter.extra["kl_coef"] = float(new)
-        metrics.update(rollout_timings(t0, t1, t2, t3))
-        return minibatches(batch, mini, p.epochs, config.seed, step), metrics
+            train_iter.extra["kl_coef"] = float(update_kl_coef(kl_coef, mean_kl, rows, p.kl_target, p.kl_horizon))
+        return batch, metrics
 
-    eval_batches, eval_records, eval_inner, summarize = eval_setup(config, tokenizer, model_config, rows)
+    rollout = rl.online_rollout(
+        engine,
+        train_iter,
+        repeat=p.samples_per_prompt,
+        prepare=prepare,
+        mini_batch_size=mini,
+        epochs=p.epochs,
+        seed=config.seed,
+        policy=lambda params: params["policy"],
+    )
+    eval_batches, eval_records, eval_inner, summarize = rl.eval_setup(config, tokenizer, model_config, rows)
 
     initial = InitialPolicy(config, model_config)
 

@@ -17,16 +17,12 @@ The reward of a row is the head's value at its last real token, over the *whole*
 Loss (``config.rm``): ``-log sigmoid(r_c - r_r - margin) + center_coef (r_c + r_r)^2`` per pair
 (``jaxpt.losses.preference.bradley_terry_loss``); ``margin`` comes from the data's ``rm.margin_column``
 when the column exists. Metrics: ``rewards/{accuracy,margin,chosen,rejected}``.
-
-This module also holds the preference-data plumbing DPO shares (pairs with per-row float extras such as a
-margin or cached reference log-probs, padded eval batches, the validity mask of padding pairs).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -36,15 +32,18 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms.base import AlgorithmParts
-from jaxpt.data.preference import (
-    ROW_PREFIX,
-    Pair,
-    PreferenceDataIterator,
-    build_preference_dataset,
-    fixed_preference_batches,
+from jaxpt.algorithms.common.preference import (
+    check_batch_layout,
+    load_pairs,
+    masked_means,
+    masked_sums,
+    pair_valid,
+    preference_data_defaults,
+    preference_tokenizer,
+    summarize_pairs,
 )
-from jaxpt.data.sft import batch_tokens, load_records
-from jaxpt.data.tokenizer import load_tokenizer
+from jaxpt.data.preference import PreferenceDataIterator, fixed_preference_batches
+from jaxpt.data.sft import batch_tokens
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
@@ -53,100 +52,30 @@ from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.logprobs import last_token_states
 from jaxpt.models.reward import abstract_reward_params, init_reward_params, score_head
 from jaxpt.sharding import param_shardings, rules_of
+from jaxpt.training.defaults import base_config
 
 Batch = dict[str, np.ndarray]
 
 
-# ------------------------------------------------------------------------------ shared preference plumbing
-def has_tokenizer(directory: str) -> bool:
-    return bool(directory) and os.path.exists(os.path.join(directory, "tokenizer_config.json"))
-
-
-def preference_tokenizer(config: ConfigDict, tokenizer: Any, model_config: ModelConfig) -> Any:
-    """The tokenizer to encode data with: the model dir's own when ``tokenizer.path`` is unset and it has one.
-
-    (The loop builds ``tokenizer.builtin`` otherwise; for the char tokenizer both are the same.)
-    """
-    if not config.tokenizer.get("path") and has_tokenizer(config.model.get("path", "")):
-        tokenizer = load_tokenizer(config.model.path)
-    if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}; "
-            "set --config.tokenizer.path to the model's tokenizer"
-        )
-    return tokenizer
-
-
-def load_pairs(
-    source: str | Sequence[dict],
-    tokenizer: Any,
-    data: ConfigDict,
-    extra_columns: Sequence[str] = (),
-    split: str = "train",
-) -> list[Pair]:
-    """Tokenised pairs; each column of ``extra_columns`` present in the data becomes ``row_<column>``."""
-    records = load_records(source, split) if isinstance(source, str | os.PathLike) else source
-    rows = [dict(r) for r in records]
-    if data.get("chat"):  # plain-text prompts as one user turn, like SFT's ``chat=True``
-        for r in rows:
-            if isinstance(r.get("prompt"), str):
-                r["prompt"] = [{"role": "user", "content": r["prompt"]}]
-    seq_len = data.seq_len
-    pairs = build_preference_dataset(
-        rows,
-        tokenizer,
-        max_length=seq_len + 1,  # n tokens fill n - 1 slots of an already-shifted row
-        max_prompt_length=data.get("max_prompt_length", 0) or None,
-        max_completion_length=data.get("max_completion_length", 0) or None,
-    )
-    for column in extra_columns:
-        if column and rows and column in rows[0]:
-            for pair, r in zip(pairs, rows, strict=True):
-                v = float(r[column])
-                pair[ROW_PREFIX + column] = np.asarray([v, v], np.float32)
-    return pairs
-
-
-def pair_valid(batch: dict[str, jax.Array]) -> jax.Array:
-    """``[B]`` float32: 1 for real pairs (both completions have loss tokens), 0 for padding pairs."""
-    lengths = batch["completion_lengths"]
-    b = lengths.shape[0] // 2
-    return ((lengths[:b] > 0) & (lengths[b:] > 0)).astype(jnp.float32)
-
-
-def masked_sums(values: dict[str, jax.Array], valid: jax.Array) -> dict[str, jax.Array]:
-    """Sums over real pairs (``where``, not a product: a padding pair's value may be inf / nan)."""
-    return {k: jnp.sum(jnp.where(valid > 0, v, 0.0)) for k, v in values.items()}
-
-
-def masked_means(values: dict[str, jax.Array], valid: jax.Array) -> dict[str, jax.Array]:
-    n = jnp.maximum(jnp.sum(valid), 1.0)
-    return {k: v / n for k, v in masked_sums(values, valid).items()}
-
-
-def summarize_pairs(totals: dict[str, float]) -> dict[str, float]:
-    """Sums over pairs -> means (``pairs`` holds the count of real pairs)."""
-    n = max(totals.get("pairs", 0.0), 1.0)
-    return {k: v / n for k, v in totals.items() if k != "pairs"}
-
-
-def check_batch_layout(config: ConfigDict) -> None:
-    b, n = config.train.batch_size, config.train.grad_accum_steps
-    if b % n:
-        # Strided micro-batches keep pair i's chosen (row i) and rejected (row B + i) rows together only if
-        # B is a multiple of the number of micro-batches.
-        raise ValueError(f"train.batch_size ({b} pairs) must be divisible by train.grad_accum_steps ({n})")
+def defaults() -> ConfigDict:
+    """Every field of a reward-model config with its default (``configs/rm/`` files start from this)."""
+    c = base_config("rm")
+    c.model.head = "auto"  # auto | lm (causal LM: new random head) | score (*ForSequenceClassification)
+    c.data = preference_data_defaults()
+    # center_coef: (r_c + r_r)^2 penalty; margin_column: a per-pair margin, used when the data has it
+    c.rm = ConfigDict(dict(center_coef=0.0, margin_column="margin"))
+    return c
 
 
 # ---------------------------------------------------------------------------------------------- the model
 def detect_head(model_cfg: ConfigDict) -> str:
     """``"score"`` for a ``*ForSequenceClassification`` checkpoint, ``"lm"`` for a causal LM (``head="auto"``)."""
-    head = model_cfg.get("head", "auto") or "auto"
+    head = model_cfg.head or "auto"
     if head != "auto":
         if head not in ("lm", "score"):
             raise ValueError(f"model.head={head!r}; expected auto, lm or score")
         return head
-    if not model_cfg.get("path"):
+    if not model_cfg.path:
         return "lm"
     with open(os.path.join(model_cfg.path, "config.json")) as f:
         archs = json.load(f).get("architectures") or []
@@ -157,7 +86,7 @@ def init_reward_model(config: ConfigDict, model_config: ModelConfig, mesh: Mesh,
     """Reward-model params placed on ``shardings`` (see the module docstring for the three sources)."""
     m = config.model
     key = jax.random.key(config.seed)
-    if not m.get("path"):
+    if not m.path:
         return jax.jit(lambda: init_reward_params(model_config, key), out_shardings=shardings)()
     if detect_head(m) == "score":
         _, params = load_hf(m.path, head="score", shardings=shardings, **run_options(m))
@@ -214,9 +143,8 @@ def make_eval_fn(model_config: ModelConfig, center_coef: float):
 
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     check_batch_layout(config)
-    d, rm = config.data, config.get("rm", ConfigDict())
-    center_coef = float(rm.get("center_coef", 0.0))
-    margin_column = rm.get("margin_column", "margin")
+    d, rm = config.data, config.rm
+    center_coef, margin_column = float(rm.center_coef), rm.margin_column
     tokenizer = preference_tokenizer(config, tokenizer, model_config)
     pad = tokenizer.pad_token_id or 0
     b = config.train.batch_size
@@ -225,8 +153,8 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         train, b, d.seq_len, seed=config.seed, shuffle=True, pad_id=pad, shared_prompt=True
     )
     eval_batches = []
-    if d.get("eval"):
-        held_out = load_pairs(d.eval, tokenizer, d, extra_columns=(margin_column,), split=d.get("eval_split", "test"))
+    if d.eval:
+        held_out = load_pairs(d.eval, tokenizer, d, extra_columns=(margin_column,), split=d.eval_split)
         eval_batches = fixed_preference_batches(held_out, b, d.seq_len, pad, shared_prompt=True)
 
     def export(params, out_dir):

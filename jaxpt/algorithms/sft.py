@@ -25,6 +25,24 @@ from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_params_from
 from jaxpt.models.hf import save_hf
 from jaxpt.models.logprobs import lm_loss
+from jaxpt.training.defaults import base_config
+
+
+def defaults() -> ConfigDict:
+    """Every field of an SFT config with its default (``configs/sft/`` files start from this)."""
+    c = base_config("sft")
+    c.data = ConfigDict(
+        dict(
+            train="",  # JSONL / Parquet / a save_to_disk dir: prompt + completion, or messages
+            eval="",  # '' = no eval
+            seq_len=128,
+            packing=True,  # several examples per row (segment ids keep them apart)
+            completion_only=True,  # loss on completion tokens (+ EOS) only
+        )
+    )
+    # Greedy exact match on up to N held-out prompts after training (on top of loss/perplexity/accuracy).
+    c.eval = ConfigDict(dict(exact_match_examples=0, max_new_tokens=32))
+    return c
 
 
 def loss_chunk_size(given: int, vocab_size: int, tokens: int) -> int:
@@ -71,7 +89,7 @@ def generation_exact_match(
 def config_chunk_size(config: ConfigDict, model_config: ModelConfig) -> int:
     """The loss block size a config's training uses (``jaxpt train`` and ``jaxpt plan`` alike)."""
     tokens = config.data.seq_len * config.train.batch_size
-    return loss_chunk_size(config.train.get("loss_chunk_size", 0), model_config.vocab_size, tokens)
+    return loss_chunk_size(config.train.loss_chunk_size, model_config.vocab_size, tokens)
 
 
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
@@ -88,14 +106,14 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
         pad_id=tokenizer.pad_token_id,
     )
     eval_batches = []
-    if d.get("eval"):
+    if d.eval:
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=d.completion_only)
         eval_batches = fixed_batches(examples, config.train.batch_size, seq_len, d.packing, tokenizer.pad_token_id)
     chunk = config_chunk_size(config, model_config)
 
     after_eval = None
-    em = config.get("eval", {}).get("exact_match_examples", 0)
-    if em and d.get("eval"):
+    em = config.eval.exact_match_examples
+    if em and d.eval:
         records = [dict(r) for r in load_records(d.eval).select(range(em))]
         if "prompt" in records[0] and isinstance(records[0]["prompt"], str):
             after_eval = generation_exact_match(model_config, tokenizer, records, config.eval.max_new_tokens)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxpt.data.sft import Batch, EpochIterator, load_records
+from jaxpt.data.iterators import EpochIterator
+from jaxpt.data.sft import Batch, load_records
 from jaxpt.data.tokenizer import encode_prompt_completion, is_messages
 
 Pair = dict[str, np.ndarray]  # prompt_ids, chosen_ids, rejected_ids (int32)

@@ -109,10 +109,10 @@ def generate_prompts(cfg: Mapping[str, Any], seed: int) -> list[Row]:
         if s not in SKILLS:
             raise ValueError(f"skill {s!r} cannot generate prompts; choose from {sorted(SKILLS)}")
     levels = [int(x) for x in cfg["levels"]]
-    p_skill = _weights(skills, cfg.get("skill_weights", ()))
-    p_level_all = _weights(levels, cfg.get("level_weights", ()))
+    p_skill = _weights(skills, cfg["skill_weights"])
+    p_level_all = _weights(levels, cfg["level_weights"])
     exclude = set()
-    if cfg.get("exclude_file"):
+    if cfg["exclude_file"]:
         exclude = {json.dumps(r["prompt"]) for r in _read_table(cfg["exclude_file"])}
     rng = np.random.default_rng(seed)
     seen, out = set(exclude), []
@@ -142,7 +142,7 @@ def seed_prompts(cfg: Mapping[str, Any]) -> list[Row]:
     (or ``answer`` / ``completion``), ``skill`` (default: ``arithmetic`` for ``a+b=`` prompts, else ``exact``
     with a reference, else none) and ``difficulty``. First ``num_prompts`` rows if > 0."""
     rows = _read_table(cfg["seed_file"])
-    n = int(cfg.get("num_prompts", 0) or 0)
+    n = int(cfg["num_prompts"] or 0)
     out = []
     for i, r in enumerate(rows[:n] if n else rows):
         if r.get("prompt") is None:
@@ -167,9 +167,9 @@ def seed_prompts(cfg: Mapping[str, Any]) -> list[Row]:
 
 def prompt_filters(cfg: Mapping[str, Any], seed: int) -> list[Callable]:
     fs: list[Callable] = []
-    if cfg.get("exact_dedup", True):
+    if cfg["exact_dedup"]:
         fs.append(ExactDedup(keys=("prompt",), name="prompt_exact_dedup"))
-    if float(cfg.get("near_dedup_threshold", 0.0) or 0.0) > 0:
+    if float(cfg["near_dedup_threshold"] or 0.0) > 0:
         fs.append(
             NearDedup("prompt", threshold=float(cfg["near_dedup_threshold"]), seed=seed, name="prompt_near_dedup")
         )
@@ -178,6 +178,6 @@ def prompt_filters(cfg: Mapping[str, Any], seed: int) -> list[Callable]:
 
 def build_prompts(cfg: Mapping[str, Any], seed: int) -> tuple[list[Row], list[FilterReport]]:
     """The prompt table (``prompt_id`` = position) after prompt-level dedup, and the dedup reports."""
-    rows = seed_prompts(cfg) if cfg.get("seed_file") else generate_prompts(cfg, seed)
+    rows = seed_prompts(cfg) if cfg["seed_file"] else generate_prompts(cfg, seed)
     rows, reports = apply_filters(rows, prompt_filters(cfg, seed))
     return [{"prompt_id": i, **r} for i, r in enumerate(rows)], reports

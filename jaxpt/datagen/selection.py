@@ -122,27 +122,28 @@ _PROMPT_PROVENANCE = ("prompt_id", "skill", "difficulty", "reference", "teacher"
 
 
 def sample_filters(f: Mapping[str, Any], seed: int, tokenizer: Any = None) -> list[Callable]:
-    """Quality filters over samples (before any accuracy / score selection)."""
+    """Quality filters over samples (before any accuracy / score selection); ``f`` is the config's whole
+    ``filters`` section (``jaxpt.datagen.pipeline.defaults``), as are the other builders' here."""
     fs: list[Callable] = []
-    if f.get("exact_dedup", True):
+    if f["exact_dedup"]:
         fs.append(ExactDedup(keys=("prompt", "completion")))
-    if float(f.get("near_dedup_threshold", 0.0) or 0.0) > 0:
-        key = {"sample": "_sample", "prompt": "prompt", "completion": "completion"}[f.get("near_dedup_key", "sample")]
+    if float(f["near_dedup_threshold"] or 0.0) > 0:
+        key = {"sample": "_sample", "prompt": "prompt", "completion": "completion"}[f["near_dedup_key"]]
         fs.append(NearDedup(key, threshold=float(f["near_dedup_threshold"]), seed=seed))
-    if any(f.get(k) for k in ("min_chars", "max_chars", "min_tokens", "max_tokens")):
+    if any(f[k] for k in ("min_chars", "max_chars", "min_tokens", "max_tokens")):
         fs.append(
             LengthFilter(
                 "completion",
-                min_chars=f.get("min_chars") or None,
-                max_chars=f.get("max_chars") or None,
-                min_tokens=f.get("min_tokens") or None,
-                max_tokens=f.get("max_tokens") or None,
+                min_chars=f["min_chars"] or None,
+                max_chars=f["max_chars"] or None,
+                min_tokens=f["min_tokens"] or None,
+                max_tokens=f["max_tokens"] or None,
                 tokenizer=(lambda t: tokenizer(t, add_special_tokens=False)) if tokenizer is not None else None,
             )
         )
-    if f.get("format_regex"):
-        fs.append(FormatFilter("completion", f["format_regex"], mode=f.get("format_mode", "search")))
-    if f.get("require_eos", False):
+    if f["format_regex"]:
+        fs.append(FormatFilter("completion", f["format_regex"], mode=f["format_mode"]))
+    if f["require_eos"]:
         fs.append(VerifierFilter(lambda r: (bool(r["finished"]), "no_eos_within_max_new_tokens"), name="finished"))
     return fs
 
@@ -150,7 +151,7 @@ def sample_filters(f: Mapping[str, Any], seed: int, tokenizer: Any = None) -> li
 def selection_filters(f: Mapping[str, Any], have: set[str]) -> list[Callable]:
     """Accuracy and score thresholds (what SFT keeps; preference pairs need the rejected samples)."""
     fs: list[Callable] = []
-    if f.get("require_correct", True) and "verifier" in have:
+    if f["require_correct"] and "verifier" in have:
 
         def accurate(r: Row) -> tuple[bool, str]:
             if r.get("correct") is None:
@@ -158,11 +159,11 @@ def selection_filters(f: Mapping[str, Any], have: set[str]) -> list[Callable]:
             return bool(r["correct"]), "wrong_answer"
 
         fs.append(VerifierFilter(accurate, name="accuracy"))
-    if f.get("min_reward") is not None:
+    if f["min_reward"] is not None:
         if "reward" not in have:
             raise ValueError("filters.min_reward needs scoring.reward_model")
         fs.append(ScoreFilter("rm_score", min_score=float(f["min_reward"]), name="reward_threshold"))
-    if f.get("min_judge") is not None:
+    if f["min_judge"] is not None:
         if "judge" not in have:
             raise ValueError("filters.min_judge needs scoring.judge")
         fs.append(ScoreFilter("judge_score", min_score=float(f["min_judge"]), name="judge_threshold"))
@@ -170,7 +171,7 @@ def selection_filters(f: Mapping[str, Any], have: set[str]) -> list[Callable]:
 
 
 def balance_filter(f: Mapping[str, Any], levels: Sequence[int], seed: int) -> Callable | None:
-    mode = f.get("balance", "none")
+    mode = f["balance"]
     if mode == "none":
         return None
     if mode == "equal":
@@ -181,7 +182,7 @@ def balance_filter(f: Mapping[str, Any], levels: Sequence[int], seed: int) -> Ca
         props = list(f["proportions"])
         if len(props) != len(levels):
             raise ValueError(f"filters.proportions {props} must give one weight per prompts.levels {list(levels)}")
-        cap = int(f.get("max_per_level", 0) or 0) or None
+        cap = int(f["max_per_level"] or 0) or None
         return ComplexityBalance(
             "difficulty", max_per_level=cap, proportions=dict(zip(levels, props, strict=True)), seed=seed
         )

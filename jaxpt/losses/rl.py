@@ -1,11 +1,19 @@
 """RL losses for RLHF: whitening, GAE, PPO policy / value losses, KL-shaped rewards, adaptive KL, GRPO.
 
+The interchangeable parts are small registries (name -> function), as the config names them:
+``KL_ESTIMATORS`` (``k1``, ``k3``), ``ADVANTAGE_ESTIMATORS`` (group-relative: ``grpo``, ``dr_grpo``, ``rloo``)
+and ``LOSS_AGGREGATIONS`` (how GRPO-style token losses become one number: ``grpo``, ``dapo``, ``dr_grpo``);
+``register_advantage_estimator`` adds one without touching the algorithms.
+
 Token tensors are ``[B, T]`` over the completion (response) positions, with a float ``mask`` that is 1 on
 response tokens and 0 on padding (responses are right-padded; leading zeros, e.g. prompt slots, are fine too).
 Log-probs are of the sampled tokens (``jaxpt.losses.lm.token_logprobs``).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +22,18 @@ from jaxpt.losses.lm import masked_mean, masked_sum
 
 Array = jax.Array
 
-GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+# KL(pi || ref) per token from log_ratio = log pi - log ref: k1 (the log-ratio itself, as the RLHF papers) or
+# k3 (exp(-log_ratio) + log_ratio - 1, Schulman 2020: unbiased and always >= 0).
+KL_ESTIMATORS: dict[str, Callable[[Array], Array]] = {
+    "k1": lambda log_ratio: log_ratio,
+    "k3": lambda log_ratio: jnp.expm1(-log_ratio) + log_ratio,
+}
+
+
+def kl_estimate(log_ratio: Array, estimator: str) -> Array:
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[estimator](log_ratio)
 
 
 def whiten(x: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-8) -> Array:
@@ -121,13 +140,7 @@ def kl_penalty_rewards(
     ``exp(ref_logp - logp) - (ref_logp - logp) - 1`` (``k3``, Schulman 2020, always >= 0).
     Returns ``(rewards, kl)``, both ``[B, T]``, zero where ``mask == 0`` (rows with no tokens get no score).
     """
-    log_ratio = logprobs.astype(jnp.float32) - ref_logprobs.astype(jnp.float32)
-    if kl_estimator == "k1":
-        kl = log_ratio
-    elif kl_estimator == "k3":
-        kl = jnp.expm1(-log_ratio) + log_ratio
-    else:
-        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; valid: k1, k3")
+    kl = kl_estimate(logprobs.astype(jnp.float32) - ref_logprobs.astype(jnp.float32), kl_estimator)
     mask = mask.astype(jnp.float32)
     kl = jnp.where(mask != 0, kl, 0.0)
     rewards = -kl_coef * kl
@@ -160,6 +173,54 @@ def grpo_advantages(rewards: Array, group_size: int, scale_rewards: bool = True,
     return adv.reshape(rewards.shape)
 
 
+def rloo_advantages(rewards: Array, group_size: int) -> Array:
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j`` per
+    group, i.e. ``G / (G - 1) * (r_i - mean_g)``; same shapes as :func:`grpo_advantages`."""
+    r = rewards.astype(jnp.float32).reshape(-1, group_size)
+    baseline = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
+    return (r - baseline).reshape(rewards.shape)
+
+
+# Group-relative advantage estimators: (rewards [R] with groups contiguous, group size) -> advantages [R].
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[Array, int], Array]] = {
+    "grpo": functools.partial(grpo_advantages, scale_rewards=True),
+    "dr_grpo": functools.partial(grpo_advantages, scale_rewards=False),
+    "rloo": rloo_advantages,
+}
+
+
+def register_advantage_estimator(name: str):
+    """Decorator: ``@register_advantage_estimator("mine") def fn(rewards, group_size) -> advantages``."""
+
+    def wrap(fn: Callable[[Array, int], Array]) -> Callable[[Array, int], Array]:
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _sequence_mean(per_token: Array, mask: Array, max_len: int) -> Array:
+    seq = masked_sum(per_token, mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return jnp.mean(seq)
+
+
+def _token_mean(per_token: Array, mask: Array, max_len: int) -> Array:
+    return masked_sum(per_token, mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _constant_normaliser(per_token: Array, mask: Array, max_len: int) -> Array:
+    return masked_sum(per_token, mask) / (mask.shape[0] * max_len)
+
+
+# How a [B, T] token loss becomes the loss: (per_token, mask, max_completion_length) -> scalar.
+LOSS_AGGREGATIONS: dict[str, Callable[[Array, Array, int], Array]] = {
+    "grpo": _sequence_mean,  # mean over each sequence's tokens, then over sequences (Shao et al. 2024)
+    "dapo": _token_mean,  # over all tokens (Yu et al. 2025)
+    "dr_grpo": _constant_normaliser,  # sum / (B * max_completion_length) (Liu et al. 2025)
+}
+GRPO_LOSS_TYPES = tuple(LOSS_AGGREGATIONS)
+
+
 def grpo_loss(
     logprobs: Array,
     old_logprobs: Array | None,
@@ -189,8 +250,8 @@ def grpo_loss(
     Metrics: ``clip_ratio/low`` (rho < 1 - eps_low with A < 0), ``clip_ratio/high`` (rho > 1 + eps_high with
     A > 0), ``clip_ratio`` (either), token means; ``kl`` (token-mean k3 KL, 0 when ``beta == 0``).
     """
-    if loss_type not in GRPO_LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(GRPO_LOSS_TYPES)}")
+    if loss_type not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
     f32 = jnp.float32
     mask = mask.astype(f32)
     logprobs = logprobs.astype(f32)
@@ -203,18 +264,10 @@ def grpo_loss(
     if beta != 0.0:
         if ref_logprobs is None:
             raise ValueError("grpo_loss with beta != 0 needs ref_logprobs")
-        d = ref_logprobs.astype(f32) - logprobs
-        kl = jnp.exp(d) - d - 1.0
+        kl = KL_ESTIMATORS["k3"](logprobs - ref_logprobs.astype(f32))
         per_token = per_token + beta * kl
-
-    if loss_type == "grpo":
-        seq = masked_sum(per_token, mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-        loss = jnp.mean(seq)
-    elif loss_type == "dapo":
-        loss = masked_sum(per_token, mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    else:  # dr_grpo
-        length = mask.shape[-1] if max_completion_length is None else max_completion_length
-        loss = masked_sum(per_token, mask) / (mask.shape[0] * length)
+    length = mask.shape[-1] if max_completion_length is None else max_completion_length
+    loss = LOSS_AGGREGATIONS[loss_type](per_token, mask, length)
 
     low = ((ratio < 1.0 - epsilon_low) & (adv < 0)).astype(f32)
     high = ((ratio > 1.0 + epsilon_high) & (adv > 0)).astype(f32)

@@ -21,6 +21,8 @@ import ml_dtypes
 import numpy as np
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import abstract_params
+from jaxpt.models.reward import abstract_reward_params
 from jaxpt.sharding import unbox
 
 SAFETENSORS_DTYPES = {
@@ -236,9 +238,6 @@ def weight_rules(config: ModelConfig, head: str = "lm") -> list[Rule]:
 
 def hf_tensor_shapes(config: ModelConfig, head: str = "lm") -> dict[str, tuple[int, ...]]:
     """Expected HF tensor shapes, derived from our own parameter shapes through the name map."""
-    from jaxpt.models.decoder import abstract_params
-    from jaxpt.models.reward import abstract_reward_params
-
     unscanned = config.replace(scan_layers=False)
     abstract = abstract_params(unscanned) if head == "lm" else abstract_reward_params(unscanned)
     ours = _flat(_unbox(abstract))

@@ -1,4 +1,5 @@
-"""Config sections shared by every algorithm's config file in `configs/` (big_vision's `common.py`)."""
+"""Defaults of the config sections every algorithm shares (train, model, optimizer, mesh, ...); experiment
+presets live in ``configs/``."""
 
 from ml_collections import ConfigDict
 
@@ -73,55 +74,30 @@ def model_config(path: str = "", scratch: ConfigDict | None = None) -> ConfigDic
     )
 
 
-def arithmetic_rl_config(algorithm: str, export: str = "runs/quickstart/export") -> ConfigDict:
-    """What the PPO and GRPO arithmetic configs share: the SFT export as policy (and reference), the shipped
-    arithmetic prompts, short rollouts at temperature 0.6, and the verifier + format rewards. Each config adds
-    its algorithm section, ``train`` and ``optimizer``."""
+def base_config(algorithm: str) -> ConfigDict:
+    """The sections every algorithm's config has; each algorithm's ``defaults()`` adds its own."""
     c = ConfigDict()
     c.algorithm = algorithm
     c.seed = 0
-    c.model = model_config(path=export)
-    c.tokenizer = ConfigDict(dict(path=export, builtin=""))
-    c.data = ConfigDict(
-        dict(
-            train="data/arithmetic/train.jsonl",
-            eval="data/arithmetic/eval.jsonl",
-            prompt_key="prompt",
-            chat=False,
-            seq_len=32,  # eval NLL rows of the reference completions (and the MFU estimate)
-            eval_prompts=256,  # greedy-decoded and scored before and after training
-        )
-    )
-    c.rollout = ConfigDict(
-        dict(max_prompt_len=16, max_new_tokens=8, temperature=0.6, top_k=0, top_p=1.0, old_logprobs="sampler")
-    )
-    c.rewards = [
-        dict(kind="arithmetic", weight=1.0),
-        dict(kind="format", weight=0.1, pattern=r"-?\d+", mode="fullmatch", require_eos=True),
-    ]
+    # path: a tokenizer dir ('' = the model dir's own); builtin: 'char' (jaxpt.data.tokenizer) when no path
+    c.tokenizer = ConfigDict(dict(path="", builtin=""))
+    c.model = model_config()
+    c.train = train_config()
+    c.optimizer = optimizer_config()
     c.mesh = mesh_config()
+    # A `jaxpt eval` config run every N steps, e.g. --config.eval_hook.config=configs/eval/arithmetic.py:quick
+    c.eval_hook = ConfigDict(dict(config="", every=0))
     return c
 
 
-def arithmetic_rl_tiny(c: ConfigDict) -> ConfigDict:
-    """The shared part of the ``:tiny`` presets: a from-scratch model and char tokenizer, tiny rollouts, a
-    denser format reward, 3 steps at a high learning rate (runs anywhere in seconds: tests)."""
-    c.model = model_config(scratch=tiny_llama(hidden_size=64, intermediate_size=128, num_attention_heads=4))
-    c.tokenizer = ConfigDict(dict(path="", builtin="char"))
-    c.data.eval_prompts = 16
-    c.rollout.update(dict(max_prompt_len=12, max_new_tokens=4, temperature=1.0))
-    c.rewards = [
-        dict(kind="arithmetic", weight=1.0),
-        dict(kind="format", weight=0.5, pattern=r"\d", mode="match", require_eos=False),
-    ]
-    c.train.update(dict(steps=3, log_every=1, eval_every=3, checkpoint_every=3))
-    c.optimizer.update(dict(lr=3e-3, warmup_steps=0))
-    return c
+# Paths whose contents are free-form (a HF config.json of a from-scratch model; the list of reward specs):
+# `with_defaults` takes them as given.
+OPEN_FIELDS = ("model.scratch", "rewards")
 
 
 __all__ = [
-    "arithmetic_rl_config",
-    "arithmetic_rl_tiny",
+    "OPEN_FIELDS",
+    "base_config",
     "mesh_config",
     "model_config",
     "optimizer_config",

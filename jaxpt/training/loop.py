@@ -18,9 +18,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms import get_algorithm
+from jaxpt.algorithms import get_algorithm, resolve_config
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer, load_tokenizer
+from jaxpt.evaluation.evaluate import evaluate_params
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.orbax_io import write_model_dir
 from jaxpt.sharding import (
@@ -69,13 +70,15 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
     """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir", "state"}.
 
     ``stop_after`` ends this invocation after that many loop steps, checkpointing first, as a preemption
-    would (tests use it to check that a resumed run continues exactly).
+    would (tests use it to check that a resumed run continues exactly). ``config`` is read through its
+    algorithm's ``defaults()`` first: an unknown field fails here, before the workdir is touched.
     """
+    config = resolve_config(config)
     prepare_workdir(workdir, config, resume, allowed=RESUME_ALLOWED_FIELDS + _RESUME_ALLOWED)
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor)
     rules = normalize_rules(m.rules)
-    model_path = config.model.get("path", "")
+    model_path = config.model.path
     if model_path and not os.path.exists(os.path.join(model_path, "config.json")):
         raise FileNotFoundError(
             f"config.model.path={model_path!r} has no config.json (for the quickstart exports, run "
@@ -105,9 +108,9 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
             os.path.join(workdir, "checkpoints"),
             save_every=t.checkpoint_every,
             keep=t.keep_checkpoints,
-            keep_best=t.get("keep_best", 0) or None,
-            best_metric=t.get("best_metric", "") or None,
-            best_mode=t.get("best_mode", "min"),
+            keep_best=t.keep_best or None,
+            best_metric=t.best_metric or None,
+            best_mode=t.best_mode,
             async_save=True,
         )
         start = 0
@@ -121,9 +124,8 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
             state = create_state(parts.init_params(shardings.params), tx, shardings, config.seed)
         frozen = parts.frozen(state.params) if parts.frozen else None
         # Optional `jaxpt eval` config run every N steps on the trained decoder (configs/eval/*.py).
-        hook = config.get("eval_hook", None)
-        hook_cfg = load_config(hook.config) if hook and hook.get("config") else None
-        hook_every = int(hook.get("every", 0)) if hook_cfg else 0
+        hook_cfg = load_config(config.eval_hook.config) if config.eval_hook.config else None
+        hook_every = int(config.eval_hook.every) if hook_cfg else 0
 
         logger = MetricsLogger(workdir, total_steps, enabled=True)
         logger.advance(start)
@@ -136,9 +138,9 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
             logger.log(0, result["eval_before"], prefix="eval")
             print(f"eval before: {_fmt(result['eval_before'])}", flush=True)
 
-        seq_len = config.data.get("seq_len", 0)
+        seq_len = config.data.seq_len
         flops_per_token = train_flops_per_token(model_config, seq_len) if seq_len else 0.0
-        peak = t.get("peak_flops", 0.0) or measure_matmul_peak()
+        peak = t.peak_flops or measure_matmul_peak()
         eval_metrics: dict[str, float] = {}
         window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
         end = total_steps if stop_after is None else min(total_steps, start + stop_after)
@@ -170,8 +172,6 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
                     eval_metrics.update(parts.after_eval(state.params))
                 logger.log(step, eval_metrics, prefix="eval")
             if hook_every and (step % hook_every == 0 or step == total_steps) and "embed" in state.params:
-                from jaxpt.evaluation.evaluate import evaluate_params
-
                 hook_metrics = evaluate_params(model_config, state.params, tokenizer, hook_cfg)
                 logger.log(step, hook_metrics, prefix="eval_hook")
             data_state = {"iterator": parts.train_iter.get_state(), "loop_step": step}
@@ -183,7 +183,7 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
             result["eval_after"] = eval_metrics
             print(f"eval after:  {_fmt(eval_metrics)}", flush=True)
         result["final_step"] = int(state.step)
-        if t.get("export_hf") and parts.export and int(state.step) and end == total_steps:
+        if t.export_hf and parts.export and int(state.step) and end == total_steps:
             out = os.path.join(workdir, "export")
             if os.path.exists(out) and os.listdir(out):
                 out = os.path.join(workdir, f"export-step{int(state.step)}")

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms import sft
+from jaxpt.algorithms import resolve_config, sft
 from jaxpt.data.sft import make_batch
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
@@ -93,6 +93,7 @@ def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, toke
     """
     if config.algorithm != "sft":
         raise ValueError(f"jaxpt plan compiles SFT steps only; config.algorithm is {config.algorithm!r}")
+    config = resolve_config(config)
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor, devices)
     rules = normalize_rules(m.rules)

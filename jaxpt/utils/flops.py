@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import abstract_params, init_cache
+from jaxpt.sharding import unbox
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -47,8 +49,6 @@ def decode_bytes_per_step(config: ModelConfig, batch: int, cache_length: int) ->
     """Bytes one decode step reads at least: every parameter once, except the embedding and learned-position
     tables, of which a step looks up one row per sequence (a tied LM head reads the embedding table in full),
     and the whole preallocated KV cache (``batch`` rows of ``cache_length`` slots)."""
-    from jaxpt.models.decoder import abstract_params, init_cache
-    from jaxpt.sharding import unbox
 
     def read(path, leaf) -> int:
         table = path[0].key == "position_embed" or (path[0].key == "embed" and not config.tie_word_embeddings)

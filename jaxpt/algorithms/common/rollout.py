@@ -1,6 +1,6 @@
-"""Online-RL plumbing that GRPO and PPO share: prompts -> jitted sampling with the *current* params ->
-decoded, scored completions -> training rows; log-probs of the sampled tokens; minibatches; the frozen
-reference; greedy evaluation.
+"""Online-RL plumbing that GRPO and PPO share: the step skeleton (:func:`online_rollout`: prompts -> sampling
+with the *current* params -> decoded, scored completions -> training rows -> the algorithm's scoring pass and
+advantages -> minibatches), log-probs of the sampled tokens, the config sections, greedy evaluation.
 
 Sequences are laid out as ``[prompt (left-padded to rollout.max_prompt_len P) | completion (N =
 rollout.max_new_tokens)]``: model inputs / targets are ``[R, P + N - 1]``; per-token RL quantities are
@@ -11,31 +11,44 @@ All log-probs are of the temperature-scaled distribution (logits / temperature),
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms import sft
-from jaxpt.data.sft import EpochIterator, build_sft_dataset, fixed_batches, load_records
+from jaxpt.config import with_defaults
+from jaxpt.data.iterators import EpochIterator
+from jaxpt.data.sft import build_sft_dataset, fixed_batches, load_records
 from jaxpt.evaluation.metrics import lm_metrics
 from jaxpt.generation.frontend import Sampler, sampling_config
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.factory import model_params_from
 from jaxpt.models.logprobs import batch_logprobs
 from jaxpt.rewards import RewardInput, build_rewards
 from jaxpt.sharding import batch_sharding, replicated, rules_of
+from jaxpt.training.defaults import base_config
 
 _ROLLOUT_STREAM = 0x5EED  # rng stream of the sampler (the train step uses the state's own rng)
 
 
-def rollout_config(config: ConfigDict) -> ConfigDict:
-    """``config.rollout`` with defaults; unknown fields are an error."""
-    defaults = ConfigDict(
+def defaults(algorithm: str) -> ConfigDict:
+    """The sections every online-RL config has (PPO's and GRPO's ``defaults()`` add their own section)."""
+    c = base_config(algorithm)
+    c.data = ConfigDict(
+        dict(
+            train="",  # prompt records (JSONL / Parquet / a save_to_disk dir)
+            eval="",  # '' = no eval; with a completion column also the NLL of the reference completions
+            prompt_key="prompt",
+            chat=False,  # render prompts through the tokenizer's chat template
+            seq_len=128,  # eval NLL rows of the reference completions (and the MFU estimate)
+            eval_prompts=256,  # greedy-decoded and scored before and after training
+        )
+    )
+    c.rollout = ConfigDict(
         dict(
             max_prompt_len=64,  # P: prompts are left-padded / cut from the left to this many tokens
             max_new_tokens=32,  # N
@@ -45,45 +58,18 @@ def rollout_config(config: ConfigDict) -> ConfigDict:
             old_logprobs="sampler",  # "sampler" (the sampler's) or "recompute" (a jitted scoring pass)
         )
     )
-    return merged_section(defaults, config.get("rollout", ConfigDict()), "rollout")
+    c.rewards = []  # {kind, weight, name?, ...} specs: jaxpt.rewards.build_rewards
+    return c
 
 
-def merged_section(defaults: ConfigDict, given: ConfigDict, section: str) -> ConfigDict:
-    """``defaults`` updated with the config's ``section``; a field the defaults do not know is an error."""
-    given = given.to_dict() if isinstance(given, ConfigDict) else dict(given)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown config.{section} fields {unknown}; known: {sorted(defaults)}")
-    defaults.update(given)
-    return defaults
-
-
-def shardings_of(tree: Any) -> Any:
-    return jax.tree.map(lambda x: x.sharding, tree)
-
-
-class InitialPolicy:
-    """The initial policy params, for the trainable state and for the frozen reference.
-
-    On a fresh start the loop calls ``init`` and then ``reference`` with the just-created state's params:
-    the reference is then a device copy of them (no second load / init). On a resume ``init`` is never
-    called and ``reference`` re-creates the initial model from ``config.model``, never the resumed policy.
-    """
-
-    def __init__(self, config: ConfigDict, model_config: ModelConfig):
-        self.config, self.model_config, self.fresh = config, model_config, False
-
-    def load(self, shardings: Any) -> Any:
-        return model_params_from(self.config.model, self.model_config, shardings, self.config.seed)
-
-    def init(self, shardings: Any) -> Any:
-        self.fresh = True
-        return self.load(shardings)
-
-    def reference(self, params: Any) -> Any:
-        if self.fresh:
-            return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings_of(params))(params)
-        return self.load(shardings_of(params))
+def rollout_config(config: ConfigDict) -> ConfigDict:
+    """``config.rollout`` with defaults, checked; an unknown field is an error naming it."""
+    r = with_defaults(config.get("rollout"), defaults("").rollout, "rollout")
+    if r.temperature <= 0:
+        raise ValueError("rollout.temperature must be > 0 for RL (log-probs are of logits / temperature)")
+    if r.old_logprobs not in ("sampler", "recompute"):
+        raise ValueError(f"rollout.old_logprobs={r.old_logprobs!r}; expected 'sampler' or 'recompute'")
+    return r
 
 
 def load_prompt_records(source: str, prompt_key: str) -> list[dict[str, Any]]:
@@ -205,16 +191,12 @@ class RolloutEngine:
 
     def __init__(self, config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh):
         r = rollout_config(config)
-        if r.temperature <= 0:
-            raise ValueError("rollout.temperature must be > 0 for RL (log-probs are of logits / temperature)")
-        if r.old_logprobs not in ("sampler", "recompute"):
-            raise ValueError(f"rollout.old_logprobs={r.old_logprobs!r}; expected 'sampler' or 'recompute'")
         self.cfg, self.model_config, self.tokenizer, self.mesh = r, model_config, tokenizer, mesh
         self.prompt_len, self.new_tokens = int(r.max_prompt_len), int(r.max_new_tokens)
         self.temperature = float(r.temperature)
         self.seed = int(config.seed)
         d = config.data
-        self.prompt_key, self.chat = d.get("prompt_key", "prompt"), bool(d.get("chat", False))
+        self.prompt_key, self.chat = d.prompt_key, bool(d.chat)
         sampling = sampling_config(
             model_config, tokenizer, self.new_tokens, self.temperature, int(r.top_k), float(r.top_p), require_stop=True
         )
@@ -262,9 +244,6 @@ class RolloutEngine:
 
     def score(self, samples: Samples) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return self.rewards(samples.reward_input())
-
-    def sequences(self, s: Samples) -> dict[str, np.ndarray]:
-        return training_rows(s)
 
     # ------------------------------------------------------------------------------------ evaluation
     def greedy_eval(self, params: Any, records: Sequence[dict[str, Any]], rows: int) -> dict[str, float]:
@@ -344,11 +323,11 @@ def _group_minibatches(rows: dict[str, np.ndarray], size: int, epochs: int, seed
 def eval_setup(config: ConfigDict, tokenizer: Any, model_config: ModelConfig, rows: int):
     """``(eval_batches, eval_records, eval_fn_for(params_of), summarize)``: reference-completion NLL + greedy."""
     d = config.data
-    if not d.get("eval"):
+    if not d.eval:
         return [], [], None, lm_metrics
-    records = load_prompt_records(d.eval, d.get("prompt_key", "prompt"))[: int(d.get("eval_prompts", 256))]
-    seq_len = int(d.get("seq_len", 128))
-    chunk = config.train.get("loss_chunk_size", 0) or seq_len * config.train.batch_size
+    records = load_prompt_records(d.eval, d.prompt_key)[: d.eval_prompts]
+    seq_len = d.seq_len
+    chunk = config.train.loss_chunk_size or seq_len * config.train.batch_size
     if "completion" in records[0]:
         examples = build_sft_dataset(d.eval, tokenizer, seq_len, completion_only=True)
         batches = fixed_batches(examples, config.train.batch_size, seq_len, False, tokenizer.pad_token_id or 0)
@@ -374,3 +353,70 @@ def check_rows(rows: int, mini: int, shards: int, what: str) -> None:
         raise ValueError(f"{what}: {rows} rollout rows are not divisible by mini_batch_size={mini}")
     if mini % shards:
         raise ValueError(f"{what}: mini_batch_size={mini} is not divisible by the data*fsdp mesh size {shards}")
+
+
+def prompt_iterator(config: ConfigDict, engine: RolloutEngine) -> PromptIterator:
+    """``train.batch_size`` prompt records per step from ``data.train``, reshuffled per epoch, resumable."""
+    records = load_prompt_records(config.data.train, engine.prompt_key)
+    return PromptIterator(records, config.train.batch_size, seed=config.seed, shuffle=True)
+
+
+def scoring_logprobs(
+    model_config: ModelConfig,
+    params: Any,
+    ref_params: Any,
+    batch: dict,
+    prompt_len: int,
+    temperature: float,
+    recompute: bool,
+    chunk_size: int = 0,
+) -> tuple[jax.Array, jax.Array | None]:
+    """The scoring pass's log-probs (inside the algorithm's jitted pass): the frozen reference's and, with
+    ``rollout.old_logprobs="recompute"``, the behaviour policy's (else None: the sampler's are used)."""
+    ref, _ = response_logprobs(model_config, ref_params, batch, prompt_len, temperature, chunk_size=chunk_size)
+    old = None
+    if recompute:
+        old, _ = response_logprobs(model_config, params, batch, prompt_len, temperature, chunk_size=chunk_size)
+    return ref, old
+
+
+# prepare(params, frozen, samples, rows, order, rewards) -> (the minibatch source rows, metrics): the scoring
+# pass (reference / value / recomputed log-probs) and the algorithm's advantages.
+Prepare = Callable[[Any, Any, Samples, dict[str, np.ndarray], np.ndarray, np.ndarray], tuple[dict, dict]]
+
+
+def online_rollout(
+    engine: RolloutEngine,
+    train_iter: PromptIterator,
+    *,
+    repeat: int,
+    prepare: Prepare,
+    mini_batch_size: int,
+    epochs: int,
+    seed: int,
+    policy: Callable[[Any], Any] = lambda params: params,
+    shared_prompt_group: int = 0,
+) -> Callable[[Any, Any, int], tuple[list[dict], dict[str, float]]]:
+    """The online-RL step PPO and GRPO share, as ``AlgorithmParts.rollout``: prompts -> ``repeat`` samples
+    each from the *current* policy (``policy(params)``) -> rewards -> training rows (shared-prompt rows in
+    groups of ``shared_prompt_group`` when > 0; ``order`` maps them to the samples) -> ``prepare`` (the
+    algorithm's scoring pass and advantages) -> ``epochs`` reshuffled passes of ``mini_batch_size`` rows.
+    Metrics: rewards, lengths, the algorithm's, and the time spent in each stage."""
+
+    def rollout(params: Any, frozen: Any, step: int) -> tuple[list[dict], dict[str, float]]:
+        t0 = time.perf_counter()
+        records = next(train_iter)
+        s = engine.sample(policy(params), records, engine.rng(step), repeat=repeat)
+        t1 = time.perf_counter()
+        total, parts = engine.score(s)
+        t2 = time.perf_counter()
+        if shared_prompt_group:
+            rows, order = shared_prompt_rows(s, shared_prompt_group)
+        else:
+            rows, order = training_rows(s), np.arange(len(s.tokens))
+        batch, extra = prepare(params, frozen, s, rows, order, total)
+        t3 = time.perf_counter()
+        metrics = {**reward_metrics(total, parts, s), **extra, **rollout_timings(t0, t1, t2, t3)}
+        return minibatches(batch, mini_batch_size, epochs, seed, step), metrics
+
+    return rollout
