@@ -102,7 +102,7 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.config import parse_cli
     from jaxpt.training.loop import tokenizer_from
-    from jaxpt.training.plan import DoesNotFit, format_plan, plan_sft_step, topology_devices
+    from jaxpt.training.plan import DoesNotFit, TPUBusy, format_plan, plan_sft_step, topology_devices
 
     config, unknown = parse_cli(rest)
     if unknown:
@@ -114,6 +114,8 @@ def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     except DoesNotFit as e:
         print(f"does NOT fit: {e}")
         return 2
+    except TPUBusy as e:
+        raise SystemExit(f"jaxpt plan: {e}") from None
     except ValueError as e:  # an unknown topology, a mesh that does not divide the devices, not SFT, ...
         raise SystemExit(f"jaxpt plan: {e}") from None
     print(format_plan(plan))

@@ -1,11 +1,26 @@
-"""dot_product_attention: causal query blocks give the unblocked result (values and gradients)."""
+"""Attention backends: the XLA path's causal query blocks give the unblocked result; the Pallas splash kernel
+(interpret mode on CPU) equals the XLA path in values and gradients on packed and left-padded rows, with GQA, a
+sliding window and under a mesh; unsupported requests are named errors."""
 
+import contextlib
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpt.models.decoder import _causal_blocks, dot_product_attention
+from jaxpt.models.attention import (
+    AttentionError,
+    _causal_blocks,
+    dot_product_attention,
+    interpret_kernels,
+    resolve_backend,
+    splash_attention,
+)
+from jaxpt.models.decoder import Decoder, init_params
+from jaxpt.sharding import DEFAULT_RULES, make_mesh
+from tests.tiny_models import tiny_llama_config
 
 
 def test_causal_block_counts():
@@ -40,3 +55,88 @@ def test_causal_blocks_equal_full_attention(t, s, keys_transposed):
     g_blocked = jax.grad(loss, argnums=(0, 1, 2))(q, keys, v, True)
     for a, c in zip(g_blocked, g_full, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def _packed_rows(b: int, t: int) -> np.ndarray:
+    """Segment ids: row 0 holds two packed documents and right padding, row 1 is left-padded, others full."""
+    seg = np.ones((b, t), np.int32)
+    seg[0, : t // 3], seg[0, t // 3 : t - 20], seg[0, t - 20 :] = 1, 2, 0
+    seg[1, :37] = 0
+    return seg
+
+
+def _xla_mask(seg: np.ndarray, window: int | None) -> jnp.ndarray:
+    idx = np.arange(seg.shape[1])
+    causal = idx[None, :] <= idx[:, None]
+    if window:
+        causal &= idx[:, None] - idx[None, :] < window
+    return jnp.asarray((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0) & causal[None])
+
+
+@pytest.mark.parametrize("window", [None, 48])
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_splash_equals_xla_on_packed_left_padded_gqa_rows(window, mesh_shape):
+    b, t, h, kv, d = 4, 384, 4, 2, 32  # 3 kernel blocks of 128; 2 query heads per KV head
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((b, t, h, d), (b, kv, t, d), (b, kv, t, d)))
+    seg = _packed_rows(b, t)
+    real = jnp.asarray(seg > 0)[:, :, None, None]  # padding queries: no loss reads them, no real query sees them
+    w = jnp.asarray(rng.normal(size=(b, t, h, d)), jnp.float32) * real
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
+
+    ref_fn = lambda q, k, v: dot_product_attention(q, k, v, _xla_mask(seg, window), d**-0.5)  # noqa: E731
+    splash_fn = lambda q, k, v: splash_attention(q, k, v, jnp.asarray(seg), d**-0.5, window)  # noqa: E731
+    want, want_grads = ref_fn(q, k, v), jax.grad(loss(ref_fn), argnums=(0, 1, 2))(q, k, v)
+    mesh = make_mesh(*mesh_shape) if mesh_shape else None
+    with interpret_kernels(), jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+        got = jax.jit(splash_fn)(q, k, v)
+        grads = jax.jit(jax.grad(loss(splash_fn), argnums=(0, 1, 2)))(q, k, v)
+    np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=2e-6)
+    for g, r in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+def test_decoder_with_splash_equals_xla_logits_and_gradients():
+    """The whole decoder, packed rows: logits at real positions and every parameter's gradient."""
+    xla = tiny_llama_config()
+    params = init_params(xla, jax.random.key(0))
+    b, t = 2, 128
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, xla.vocab_size, (b, t)), jnp.int32)
+    seg = _packed_rows(b, t)
+    positions = jnp.asarray(np.concatenate([np.arange(t // 3), np.arange(t - t // 3)])[None].repeat(b, 0), jnp.int32)
+    real = jnp.asarray(seg > 0)[..., None]
+    w = jnp.asarray(rng.normal(size=(b, t, xla.vocab_size)), jnp.float32) * real
+
+    def run(config):
+        def f(p):
+            logits, _ = Decoder(config).apply({"params": p}, tokens, positions, jnp.asarray(seg))
+            return jnp.sum(logits * w), logits
+
+        with interpret_kernels(), jax.set_mesh(make_mesh(-1, 1, 1)), nn.logical_axis_rules(DEFAULT_RULES):
+            return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (_, want), want_grads = run(xla)
+    (_, got), grads = run(xla.replace(attention="splash"))
+    np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=1e-5)
+    jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=2e-4, atol=1e-4), grads, want_grads)
+
+
+def test_backend_choice_and_named_errors():
+    assert resolve_backend("auto") == "xla"  # CPU: the XLA path stays the default
+    with pytest.raises(AttentionError, match="TPU kernel"):
+        resolve_backend("splash")  # outside interpret mode on CPU
+    with pytest.raises(AttentionError, match="expected one of"):
+        resolve_backend("flash")
+    with pytest.raises(ValueError, match="attention='flash'"):
+        tiny_llama_config(attention="flash")
+    q = jnp.zeros((1, 100, 4, 32))
+    kv = jnp.zeros((1, 2, 100, 32))
+    with interpret_kernels(), pytest.raises(AttentionError, match="multiple of 128, got 100"):
+        splash_attention(q, kv, kv, jnp.ones((1, 100), jnp.int32), 1.0)
+    config = tiny_llama_config(attention="auto")  # auto on rows the kernel cannot take: the XLA path
+    params = init_params(config, jax.random.key(0))
+    out, _ = Decoder(config).apply({"params": params}, jnp.zeros((1, 100), jnp.int32))
+    assert out.shape == (1, 100, config.vocab_size)

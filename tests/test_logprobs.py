@@ -279,11 +279,12 @@ class SowingBlock(nn.Module):
     """A decoder block that also sows an auxiliary loss (what an MoE layer's load-balancing term would do)."""
 
     config: ModelConfig
+    backend: str = "xla"
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         self.sow("aux_loss", "load_balance", 0.25 + 0.0 * jnp.mean(x))
-        return _BLOCK(self.config, name="inner")(x, positions, mask, layer_cache, cache_index)
+        return _BLOCK(self.config, self.backend, name="inner")(x, positions, mask, layer_cache, cache_index)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

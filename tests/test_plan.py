@@ -130,3 +130,27 @@ def test_a_step_xla_finds_too_big_is_reported_not_raised(monkeypatch, capsys):
         plan_sft_step(_config(8, 1), tokenizer=build_char_tokenizer())
     assert main(["plan", f"--config={CONFIG}", "--config.mesh.data=8"]) == 2
     assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_a_held_libtpu_lock_is_its_own_error(monkeypatch):
+    from jax.experimental import topologies
+
+    def busy(*a, **k):
+        raise RuntimeError('ABORTED: Internal error when accessing libtpu multi-process lockfile. Run "$ rm ..."')
+
+    monkeypatch.setattr(topologies, "get_topology_desc", busy)
+    with pytest.raises(plan_module.TPUBusy, match="in use by another process"):
+        topology_devices("v5e:2x2")
+
+
+def test_splash_attention_plans_through_the_sharded_sft_step():
+    """The splash kernel (interpret mode: this host has no TPU) inside the whole fsdp-sharded SFT step."""
+    from jaxpt.models.attention import AttentionError, interpret_kernels
+
+    config = _config(1, 8)
+    config.model.attention = "splash"
+    with pytest.raises(AttentionError, match="TPU kernel"):  # on CPU outside interpret mode: a named error
+        plan_sft_step(config, tokenizer=build_char_tokenizer())
+    with interpret_kernels():
+        plan = plan_sft_step(config, tokenizer=build_char_tokenizer())
+    assert plan.num_devices == 8 and plan.peak_bytes > 0

@@ -12,7 +12,8 @@ import os
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload")
+ATTENTION_BACKENDS = ("auto", "xla", "splash")  # jaxpt/models/attention.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    attention: str = "xla"  # "auto" | "xla" | "splash" (jaxpt/models/attention.py)
     # The original config.json, so export writes back every field we do not model.
     hf_config: tuple[tuple[str, Any], ...] = ()
 
@@ -60,6 +62,8 @@ class ModelConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:

@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
+from jaxpt.models.attention import SPLASH_BLOCK, AttentionMask, attention, resolve_backend
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.matmul import matmul, softcap
 from jaxpt.sharding import unbox
@@ -31,10 +33,20 @@ from jaxpt.sharding import unbox
 Array = jax.Array
 Cache = dict[str, Any]
 
+# Activations tagged with ``checkpoint_name`` (what the ``offload`` policy moves to host memory between the
+# forward and the backward pass, as MaxText's Llama recipes do: the layer input and q/k/v/out projections).
+OFFLOADED = ("decoder_layer_input", "query_proj", "key_proj", "value_proj", "out_proj")
+
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[],
+        names_which_can_be_offloaded=list(OFFLOADED),
+        offload_src="device",
+        offload_dst="pinned_host",
+    ),
 }
 
 
@@ -121,61 +133,6 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
     return cls(eps=config.norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, name=name)
 
 
-# ------------------------------------------------------------------------------------------ attention
-def _causal_blocks(t: int, min_block: int = 64, max_blocks: int = 8) -> int:
-    """How many query blocks a causal run of ``t`` queries is cut into (1: not cut)."""
-    n = min(t // min_block, max_blocks)
-    while n > 1 and t % n:
-        n -= 1
-    return max(n, 1)
-
-
-def dot_product_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    mask: Array,
-    scale: float,
-    keys_transposed: bool = False,
-    causal: bool = False,
-) -> Array:
-    """Grouped-query attention. q [B,T,H,D]; k head-major [B,K,S,D] (or [B,K,D,S] with
-    ``keys_transposed``); v [B,K,S,D]; mask [B,T,S] (True = attend).
-
-    ``causal``: the mask never lets query ``i`` see a key slot after ``S - T + i`` (the Decoder's masks: queries
-    fill the last ``T`` of the ``S`` slots, or fewer when the cache is longer). Runs of 128+ queries are then
-    cut into up to 8 blocks of at least 64 queries, each against only the key slots it can see: 4 blocks of a
-    256-token sequence do 5/8 of the score and softmax work (the rest was masked out anyway); ~4% of the
-    bench-small SFT step, measured.
-
-    The query groups of a KV head are folded into one matmul row block, so both products are plain batched
-    matmuls over (batch, kv_head). The KV cache keeps keys transposed: then ``q @ k`` needs no packing of
-    the keys on every decode step (measured ~2x faster for that product on CPU). Scores and softmax are in
-    float32; rows with nothing to attend to (padding queries) come out uniform, not NaN.
-    """
-    b, t, h, d = q.shape
-    kv_heads, s = v.shape[1], v.shape[2]
-    n_blocks = _causal_blocks(t) if causal else 1
-    if n_blocks > 1:
-        size, outs = t // n_blocks, []
-        for i in range(n_blocks):
-            rows, end = slice(i * size, (i + 1) * size), s - t + (i + 1) * size
-            k_i = k[..., :end] if keys_transposed else k[:, :, :end]
-            outs.append(
-                dot_product_attention(q[:, rows], k_i, v[:, :, :end], mask[:, rows, :end], scale, keys_transposed)
-            )
-        return jnp.concatenate(outs, axis=1)
-    g = h // kv_heads
-    q = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
-    spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
-    scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * scale
-    scores = scores.reshape(b, kv_heads, g, t, s)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
-    return out.reshape(b, kv_heads, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
-
-
 class Projection(nn.Module):
     """``x[..., *in] @ kernel[*in, *features] (+ bias)``: multi-dim projections with logical names per dim.
 
@@ -203,6 +160,7 @@ class Projection(nn.Module):
 
 class Attention(nn.Module):
     config: ModelConfig
+    backend: str = "xla"  # resolved by the Decoder (jaxpt/models/attention.py)
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
@@ -231,9 +189,9 @@ class Attention(nn.Module):
             inv_freq = rope_inv_freq(c)
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
-        q = _constrain(q, ("act_batch", "act_length", "act_heads", None))
-        k = _constrain(k, ("act_batch", "act_length", "act_kv_heads", None))
-        v = _constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
+        q = checkpoint_name(_constrain(q, ("act_batch", "act_length", "act_heads", None)), "query_proj")
+        k = checkpoint_name(_constrain(k, ("act_batch", "act_length", "act_kv_heads", None)), "key_proj")
+        v = checkpoint_name(_constrain(v, ("act_batch", "act_length", "act_kv_heads", None)), "value_proj")
 
         new_cache = None
         if layer_cache is None:
@@ -249,14 +207,21 @@ class Attention(nn.Module):
             k, v = k.astype(c.dtype), v.astype(c.dtype)
             # the slots the mask covers: only the filled ones when the offset is static (a prefill); taken from
             # the mask's shape, which stays static under remat / scan, where ``cache_index`` is traced
-            k, v = k[..., : mask.shape[-1]], v[:, :, : mask.shape[-1]]
-        out = dot_product_attention(
-            q, k, v, mask, c.head_dim**-0.5, keys_transposed=layer_cache is not None, causal=True
+            k, v = k[..., : mask.dense.shape[-1]], v[:, :, : mask.dense.shape[-1]]
+        out = attention(
+            self.backend,
+            q,
+            k,
+            v,
+            mask,
+            c.head_dim**-0.5,
+            keys_transposed=layer_cache is not None,
+            sliding_window=c.sliding_window,
         )
         out = Projection(
             (c.hidden_size,), 2, ("heads", "head_dim", "embed"), c.o_bias, c.dtype, c.param_dtype, name="o"
         )(out)
-        return out, new_cache
+        return checkpoint_name(out, "out_proj"), new_cache
 
 
 class MLP(nn.Module):
@@ -282,11 +247,15 @@ class Block(nn.Module):
     """Pre-norm transformer block; ``(x, …) -> (x, new_layer_cache)`` so it can be scanned."""
 
     config: ModelConfig
+    backend: str = "xla"
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
-        h, new_cache = Attention(c, name="attn")(_norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index)
+        x = checkpoint_name(x, "decoder_layer_input")
+        h, new_cache = Attention(c, self.backend, name="attn")(
+            _norm(c, "input_norm")(x), positions, mask, layer_cache, cache_index
+        )
         x = x + h
         x = x + MLP(c, name="mlp")(_norm(c, "post_attn_norm")(x))
         x = _constrain(x, ("act_batch", "act_length", "act_embed"))
@@ -351,11 +320,17 @@ class Decoder(nn.Module):
             key_segments = lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, cache_index))
             q_idx = cache_index + jnp.arange(t)
             k_idx = jnp.arange(cache_index + t if isinstance(cache_index, int) else key_segments.shape[1])
-        causal = k_idx[None, :] <= q_idx[:, None]
-        if c.sliding_window:
-            causal &= q_idx[:, None] - k_idx[None, :] < c.sliding_window
-        keys = key_segments[:, None, : k_idx.shape[0]]
-        mask = (segment_ids[:, :, None] == keys) & (keys != 0) & causal[None]
+        backend = resolve_backend(c.attention)
+        if backend == "splash" and (cache is not None or t % SPLASH_BLOCK) and c.attention == "auto":
+            backend = "xla"  # the kernel serves training rows of whole blocks; auto falls back, 'splash' says why
+        if backend == "splash" and cache is None:
+            mask = AttentionMask(None, segment_ids)
+        else:
+            causal = k_idx[None, :] <= q_idx[:, None]
+            if c.sliding_window:
+                causal &= q_idx[:, None] - k_idx[None, :] < c.sliding_window
+            keys = key_segments[:, None, : k_idx.shape[0]]
+            mask = AttentionMask((segment_ids[:, :, None] == keys) & (keys != 0) & causal[None], None)
 
         block = Block
         if c.remat != "none":
@@ -370,12 +345,12 @@ class Decoder(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, new_layers = stack(c, name="layers")(x, positions, mask, layer_caches, cache_index)
+            x, new_layers = stack(c, backend, name="layers")(x, positions, mask, layer_caches, cache_index)
         else:
             new_layers = []
             for i in range(c.num_layers):
                 lc = None if layer_caches is None else layer_caches[i]
-                x, nc = block(c, name=f"layers_{i}")(x, positions, mask, lc, cache_index)
+                x, nc = block(c, backend, name=f"layers_{i}")(x, positions, mask, lc, cache_index)
                 new_layers.append(nc)
         x = _norm(c, "final_norm")(x)
 
@@ -427,8 +402,9 @@ def head_kernel(config: ModelConfig, params: dict[str, Any]) -> Array:
 def init_params(config: ModelConfig, rng: Array, boxed: bool = False) -> dict[str, Any]:
     """Random parameters (unboxed by default; ``boxed`` keeps the logical-axis metadata)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    # Always under jit: activation constraints then also work when a mesh is in context.
-    variables = jax.jit(Decoder(config).init)(rng, tokens)
+    # Always under jit: activation constraints then also work when a mesh is in context. The parameters do not
+    # depend on the attention backend; a one-token init is not a shape the splash kernel takes.
+    variables = jax.jit(Decoder(config.replace(attention="xla")).init)(rng, tokens)
     return variables["params"] if boxed else unbox(variables["params"])
 
 

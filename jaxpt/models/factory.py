@@ -11,7 +11,7 @@ from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import init_params
 from jaxpt.models.hf import load_hf
 
-RUN_OPTIONS = ("dtype", "param_dtype", "remat", "scan_layers")
+RUN_OPTIONS = ("dtype", "param_dtype", "remat", "scan_layers", "attention")
 
 
 def run_options(model_cfg: Any) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def last_token_value(values: Array, segment_ids: Array | None) -> Array:
 
 def init_reward_params(config: ModelConfig, rng: Array, decoder_params: Any = None, boxed: bool = False) -> Any:
     """Random head (std 0.02, as TRL/transformers); the decoder from ``decoder_params`` when given."""
-    variables = jax.jit(ScalarHeadModel(config).init)(rng, jnp.zeros((1, 1), jnp.int32))
+    variables = jax.jit(ScalarHeadModel(config.replace(attention="xla")).init)(rng, jnp.zeros((1, 1), jnp.int32))
     params = variables["params"] if boxed else unbox(variables["params"])
     if decoder_params is not None:
         params = dict(params)

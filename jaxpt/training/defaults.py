@@ -68,8 +68,9 @@ def model_config(path: str = "", scratch: ConfigDict | None = None) -> ConfigDic
             scratch=scratch if scratch is not None else tiny_llama(),
             dtype="float32",
             param_dtype="float32",
-            remat="none",
+            remat="none",  # none | full | dots | dots_no_batch | offload (layer input + q/k/v/out to host memory)
             scan_layers=False,
+            attention="auto",  # auto (splash on TPU, else xla) | xla | splash: jaxpt/models/attention.py
         )
     )
 

@@ -26,6 +26,7 @@ from ml_collections import ConfigDict
 
 from jaxpt.algorithms import resolve_config, sft
 from jaxpt.data.sft import make_batch
+from jaxpt.models.attention import compiling_for
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
 from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules, unbox
@@ -72,13 +73,22 @@ class DoesNotFit(ValueError):
     """XLA found the step too large for the devices' memory while compiling it."""
 
 
+class TPUBusy(RuntimeError):
+    """Another process holds libtpu (one libtpu process at a time per host: its lockfile)."""
+
+
 def topology_devices(topology: str) -> list[Any]:
     """The devices of a TPU slice such as ``v5e:4x4`` or ``v4:2x2x2``, for compiling only."""
     from jax.experimental import topologies
 
     try:
         return list(topologies.get_topology_desc(topology, "tpu").devices)
-    except Exception as e:  # libtpu missing, or a name it does not know
+    except Exception as e:  # libtpu missing, held by another process, or a name it does not know
+        if "lockfile" in str(e):
+            raise TPUBusy(
+                f"libtpu is in use by another process (its lockfile /tmp/libtpu_lockfile): one libtpu process at "
+                f"a time per host; wait for the other `jaxpt plan` (or TPU job) to finish, then retry ({e})"
+            ) from e
         raise ValueError(
             f"cannot describe TPU topology {topology!r}: {e}. Names look like 'v5e:4x4' or 'v4:2x2x2'; "
             "compiling for TPUs needs libtpu (pip install 'jaxpt[tpu]')"
@@ -100,7 +110,8 @@ def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, toke
     model_config = model_config_from(config.model, tokenizer)
     b, t = config.train.batch_size, config.data.seq_len
     chunk = sft.config_chunk_size(config, model_config)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    platform = mesh.devices.flat[0].platform
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compiling_for(platform):
         boxed = abstract_params(model_config)
         trainable = mask_from_config(config.train, unbox(boxed))
         tx, schedule = make_optimizer(config.optimizer, config.train.steps, trainable)
