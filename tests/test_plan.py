@@ -1,6 +1,7 @@
 """``jaxpt plan``: the SFT train step compiled ahead of time for a device list, XLA's memory estimates read
 back and checked against the train state's bytes counted from its shapes (8 CPU devices, conftest.py)."""
 
+import dataclasses
 import math
 
 import jax
@@ -85,6 +86,17 @@ def _plan(peak_bytes: int, device_kind: str = "TPU v5 lite") -> StepPlan:
         temp_bytes=peak_bytes - 2**30,
         model_flops=2e12,
     )
+
+
+def test_roofline_from_published_chip_peaks():
+    plan = _plan(9 * 2**30)  # v5e: 197 TFLOP/s bf16, 819 GB/s; 2e12 FLOPs, 2 GiB of state in and out
+    compute, memory, ceiling = plan.roofline()
+    assert compute == pytest.approx(2e12 / 197e12) and memory == pytest.approx(2 * 2**30 / 819e9)
+    assert ceiling == 1.0 and "a step takes at least 10.2 ms" in format_plan(plan)  # compute-bound
+    light = dataclasses.replace(plan, model_flops=2e11)  # memory-bound: the state's traffic caps MFU
+    assert light.roofline()[2] == pytest.approx((2e11 / 197e12) / (2 * 2**30 / 819e9))
+    assert "at least 2.6 ms" in format_plan(light) and "MFU at most 39%" in format_plan(light)
+    assert _plan(9 * 2**30, device_kind="cpu").roofline() is None
 
 
 def test_format_plan_reports_fit_against_known_hbm():

@@ -38,6 +38,15 @@ from jaxpt.utils.flops import train_flops_per_token
 
 # Published HBM per chip, by JAX's device_kind (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
 TPU_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32}
+# Published peak bf16 FLOP/s and HBM bandwidth (bytes/s) per chip: cloud.google.com/tpu/docs/v4, /v5e
+# (197 TFLOPs, 819 GBps), /v5p (459 TFLOPs, 2765 GBps), /v6e (918 TFLOPs, 1638 GBps).
+TPU_PEAKS = {
+    "TPU v4": (275e12, 1200e9),
+    "TPU v5 lite": (197e12, 819e9),
+    "TPU v5": (459e12, 2765e9),
+    "TPU v5p": (459e12, 2765e9),
+    "TPU v6 lite": (918e12, 1638e9),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,18 @@ class StepPlan:
     def peak_bytes(self) -> int:
         """Arguments, new outputs and temporaries held at once (an upper bound on the step's live memory)."""
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def roofline(self) -> tuple[float, float, float] | None:
+        """``(compute s, memory s, MFU ceiling)`` per step on a chip with published peaks: the model FLOPs at
+        the bf16 peak, and at least the state and batch read plus the outputs written at the HBM bandwidth
+        (a lower bound: activations and temporaries come on top). The step takes at least the larger."""
+        peaks = TPU_PEAKS.get(self.device_kind)
+        if peaks is None:
+            return None
+        flops, bandwidth = peaks
+        compute = self.model_flops / flops
+        memory = (self.argument_bytes + self.output_bytes) / bandwidth
+        return compute, memory, compute / max(compute, memory)
 
     @property
     def hbm_bytes(self) -> int | None:
@@ -176,4 +197,13 @@ def format_plan(plan: StepPlan) -> str:
         ),
         f"model FLOPs per device per step (the MFU count): {plan.model_flops:.3e}",
     ]
+    roof = plan.roofline()
+    if roof:
+        compute, memory, ceiling = roof
+        flops, bandwidth = TPU_PEAKS[plan.device_kind]
+        lines.append(
+            f"roofline: a step takes at least {max(compute, memory) * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms "
+            f"at {flops / 1e12:.0f} TFLOP/s bf16; state in and out {memory * 1e3:.1f} ms at {bandwidth / 1e9:.0f} "
+            f"GB/s): MFU at most {100 * ceiling:.0f}%"
+        )
     return "\n".join(lines)
