@@ -163,13 +163,13 @@ class Sampler:
             raise ValueError("no prompts to sample from")
         if self.batch_size and n > self.batch_size:
             raise ValueError(f"{n} prompts for a sampler of batch_size={self.batch_size}")
-        padded = list(prompts) + [prompts[0]] * (max(self.batch_size - n, 0))
-        enc = encode_prompts(self.tokenizer, padded, self.max_prompt_len, chat=self.chat)
-        cut = int(np.sum(enc["truncated"][:n]))
+        enc = encode_prompts(self.tokenizer, prompts, self.max_prompt_len, chat=self.chat)
+        cut = int(np.sum(enc["truncated"]))
         if cut:
             log.warning("%d prompt(s) longer than max_prompt_len=%d lose their beginning", cut, self.max_prompt_len)
-        tokens = np.repeat(enc["tokens"], repeat, axis=0)
-        mask = np.repeat(enc["mask"], repeat, axis=0)
+        rows = np.concatenate([np.arange(n), np.zeros(max(self.batch_size - n, 0), int)])  # filler: prompt 0
+        tokens = np.repeat(enc["tokens"][rows], repeat, axis=0)
+        mask = np.repeat(enc["mask"][rows], repeat, axis=0)
         gen = generate(self.model_config, params, self.put(tokens), self.put(mask), rng, self.sampling)
         out_tokens, logprobs, lengths, out_mask, finished = (np.asarray(a) for a in jax.device_get(tuple(gen)))
         texts = self.tokenizer.batch_decode(

@@ -48,7 +48,13 @@ def defaults(algorithm: str) -> ConfigDict:
             eval_prompts=256,  # greedy-decoded and scored before and after training
         )
     )
-    c.rollout = ConfigDict(
+    c.rollout = _rollout_defaults()
+    c.rewards = []  # {kind, weight, name?, ...} specs: jaxpt.rewards.build_rewards
+    return c
+
+
+def _rollout_defaults() -> ConfigDict:
+    return ConfigDict(
         dict(
             max_prompt_len=64,  # P: prompts are left-padded / cut from the left to this many tokens
             max_new_tokens=32,  # N
@@ -58,13 +64,11 @@ def defaults(algorithm: str) -> ConfigDict:
             old_logprobs="sampler",  # "sampler" (the sampler's) or "recompute" (a jitted scoring pass)
         )
     )
-    c.rewards = []  # {kind, weight, name?, ...} specs: jaxpt.rewards.build_rewards
-    return c
 
 
 def rollout_config(config: ConfigDict) -> ConfigDict:
     """``config.rollout`` with defaults, checked; an unknown field is an error naming it."""
-    r = with_defaults(config.get("rollout"), defaults("").rollout, "rollout")
+    r = with_defaults(config.get("rollout"), _rollout_defaults(), "rollout")
     if r.temperature <= 0:
         raise ValueError("rollout.temperature must be > 0 for RL (log-probs are of logits / temperature)")
     if r.old_logprobs not in ("sampler", "recompute"):
