@@ -102,7 +102,7 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.config import parse_cli
     from jaxpt.training.loop import tokenizer_from
-    from jaxpt.training.plan import DoesNotFit, TPUBusy, format_plan, plan_sft_step, topology_devices
+    from jaxpt.training.plan import DoesNotFit, TPUBusy, format_plan, plan_steps, topology_devices
 
     config, unknown = parse_cli(rest)
     if unknown:
@@ -110,18 +110,19 @@ def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     try:
         devices = topology_devices(args.topology) if args.topology else None
         tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
-        plan = plan_sft_step(config, devices, tokenizer)
-    except DoesNotFit as e:
-        print(f"does NOT fit: {e}")
-        return 2
+        plans = plan_steps(config, devices, tokenizer)
     except TPUBusy as e:
         raise SystemExit(f"jaxpt plan: {e}") from None
-    except ValueError as e:  # an unknown topology, a mesh that does not divide the devices, not SFT, ...
+    except (ValueError, FileNotFoundError) as e:  # an unknown topology, a mesh that does not divide the devices
         raise SystemExit(f"jaxpt plan: {e}") from None
-    print(format_plan(plan))
-    if args.json:
-        print(json.dumps(dataclasses.asdict(plan) | {"peak_bytes": plan.peak_bytes, "hbm_bytes": plan.hbm_bytes}))
-    return 0
+    for plan in plans:
+        if isinstance(plan, DoesNotFit):
+            print(f"does NOT fit: {plan}")
+            continue
+        print(format_plan(plan))
+        if args.json:
+            print(json.dumps(dataclasses.asdict(plan) | {"peak_bytes": plan.peak_bytes, "hbm_bytes": plan.hbm_bytes}))
+    return 2 if any(isinstance(p, DoesNotFit) for p in plans) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
-        "plan", help="compile an SFT config's train step for a TPU slice (or this host) and report its memory"
+        "plan", help="compile a config's train step (+ its sampler, scoring pass) for a TPU slice or this host"
     )
     p.add_argument("--topology", default="", help="TPU slice, e.g. v5e:4x4 (needs libtpu); default: this host")
     p.add_argument("--json", action="store_true", help="also print the plan as one JSON line")

@@ -1,10 +1,12 @@
-"""``jaxpt plan``: the SFT train step compiled ahead of time for a device list, XLA's memory estimates read
-back and checked against the train state's bytes counted from its shapes (8 CPU devices, conftest.py)."""
+"""``jaxpt plan``: every algorithm's programs (the train step; the RL sampler and scoring pass) compiled ahead of
+time for a device list, XLA's memory estimates read back and checked against the train state's, frozen inputs'
+and KV cache's bytes counted from their shapes (8 CPU devices, conftest.py)."""
 
 import dataclasses
 import math
 
 import jax
+import numpy as np
 import pytest
 
 from jaxpt.cli import main
@@ -14,7 +16,7 @@ from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
 from jaxpt.sharding import unbox
 from jaxpt.training import plan as plan_module
-from jaxpt.training.plan import DoesNotFit, StepPlan, format_plan, plan_sft_step, topology_devices
+from jaxpt.training.plan import DoesNotFit, StepPlan, format_plan, plan_sft_step, plan_steps, topology_devices
 from jaxpt.utils.flops import train_flops_per_token
 
 CONFIG = "configs/sft/quickstart.py"
@@ -74,6 +76,7 @@ def test_a_masked_plan_keeps_optimizer_state_for_the_trained_parameters_only(pla
 def _plan(peak_bytes: int, device_kind: str = "TPU v5 lite") -> StepPlan:
     """A plan of ``peak_bytes`` per device: 1 GiB of arguments (all donated), the rest temporaries."""
     return StepPlan(
+        name="train step: 16 x 8192 tokens",
         device_kind=device_kind,
         num_devices=16,
         mesh={"data": 1, "fsdp": 16, "tensor": 1},
@@ -81,6 +84,7 @@ def _plan(peak_bytes: int, device_kind: str = "TPU v5 lite") -> StepPlan:
         trainable_params=10**9,
         argument_bytes=2**30,
         optimizer_bytes=2**29,
+        frozen_bytes=0,
         output_bytes=2**30,
         alias_bytes=2**30,
         temp_bytes=peak_bytes - 2**30,
@@ -108,10 +112,6 @@ def test_format_plan_reports_fit_against_known_hbm():
 
 
 def test_bad_inputs_are_named():
-    config = _config(8, 1)
-    config.algorithm = "dpo"
-    with pytest.raises(ValueError, match="SFT steps only.*'dpo'"):
-        plan_sft_step(config, tokenizer=build_char_tokenizer())
     with pytest.raises(ValueError, match="sizes multiply to 6 but there are 8 devices"):
         plan_sft_step(_config(3, 2), tokenizer=build_char_tokenizer())
     with pytest.raises(ValueError, match="v9z:1x1"):  # no libtpu here, or an unknown name: either way, named
@@ -137,7 +137,7 @@ def test_a_step_xla_finds_too_big_is_reported_not_raised(monkeypatch, capsys):
         def lower(self, *args):
             return Lowered()
 
-    monkeypatch.setattr(plan_module, "jit_train_step", lambda *args: Jitted())
+    monkeypatch.setattr(plan_module, "jit_train_step", lambda *args, **kwargs: Jitted())
     with pytest.raises(DoesNotFit, match=r"does not fit on cpu with mesh data=8, fsdp=1, tensor=1: RESOURCE_EXH"):
         plan_sft_step(_config(8, 1), tokenizer=build_char_tokenizer())
     assert main(["plan", f"--config={CONFIG}", "--config.mesh.data=8"]) == 2
@@ -166,3 +166,79 @@ def test_splash_attention_plans_through_the_sharded_sft_step():
     with interpret_kernels():
         plan = plan_sft_step(config, tokenizer=build_char_tokenizer())
     assert plan.num_devices == 8 and plan.peak_bytes > 0
+
+
+def _fsdp8(path: str, **overrides: object):
+    config = load_config(path)
+    config.mesh.data, config.mesh.fsdp = 1, 8
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def _param_bytes(model_config) -> int:
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(unbox(abstract_params(model_config))))
+
+
+@pytest.fixture(scope="module")
+def step_kinds():
+    """Each algorithm's tiny preset (char tokenizer, scratch model), fsdp over 8 devices."""
+    tokenizer = build_char_tokenizer()
+    configs = {
+        "dpo": _fsdp8("configs/dpo/quickstart.py:tiny"),
+        "dpo_precomputed": _fsdp8("configs/dpo/quickstart.py:tiny", **{"dpo.precompute_reference": True}),
+        "rm": _fsdp8("configs/rm/quickstart.py:tiny"),
+        "grpo": _fsdp8("configs/grpo/arithmetic.py:tiny"),
+        "ppo": _fsdp8("configs/ppo/arithmetic.py:tiny"),
+    }
+    out = {name: plan_steps(c, tokenizer=tokenizer) for name, c in configs.items()}
+    out["model_config"] = model_config_from(configs["grpo"].model, tokenizer)
+    out["configs"] = configs
+    return out
+
+
+def test_dpo_plans_its_reference_forward_unless_precomputed(step_kinds):
+    (step,), (precomputed,) = step_kinds["dpo"], step_kinds["dpo_precomputed"]
+    assert step.name == "train step: 8 pairs: prompt 8 + 2 x 9 completion tokens"  # seq_len 16: P 8, C 16+1-8
+    # the reference's f32 params, sharded like the policy's: about an eighth of them on each device
+    ref = _param_bytes(model_config_from(step_kinds["configs"]["dpo"].model, build_char_tokenizer()))
+    assert ref / 8 <= step.frozen_bytes < ref / 4 and precomputed.frozen_bytes == 0
+    assert step.argument_bytes - precomputed.argument_bytes == pytest.approx(step.frozen_bytes, abs=1024)
+    # the reference forward is a third of the step's (forward + backward) work on top
+    assert step.model_flops == pytest.approx(precomputed.model_flops * 4 / 3, rel=0.01)
+    assert "frozen inputs" in format_plan(step) and "frozen inputs" not in format_plan(precomputed)
+
+
+def test_reward_model_plans_its_pair_step(step_kinds):
+    (step,) = step_kinds["rm"]
+    assert step.name.startswith("train step: 8 pairs") and step.frozen_bytes == 0 and step.model_flops > 0
+
+
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_rl_plans_the_sampler_and_scoring_pass_beside_the_update(step_kinds, kind):
+    update, sampler, scoring = step_kinds[kind]
+    rows = {"grpo": 8 * 4, "ppo": 16 * 1}[kind]  # prompts per step x samples per prompt
+    assert update.name.startswith(f"train step: {rows // 2} of the rollout's {rows} rows")
+    assert sampler.name == f"sampler: prefill + decode of {rows} rows, 12 prompt + 4 new tokens"
+    assert scoring.name.startswith("scoring pass: reference log-probs") and f"of {rows} rows" in scoring.name
+    # every program holds the whole train state and the frozen reference: they stay in HBM meanwhile
+    assert update.frozen_bytes > 0 and sampler.argument_bytes > update.optimizer_bytes + update.frozen_bytes
+    assert update.model_flops > 0 and sampler.model_flops == scoring.model_flops == 0
+    # the KV cache: keys and values, per layer, of every row's prompt + new tokens (the last one never cached)
+    mc = step_kinds["model_config"]
+    cache = 2 * mc.num_layers * rows * mc.num_kv_heads * mc.head_dim * (12 + 4 - 1) * np.dtype(mc.dtype).itemsize
+    assert f"KV cache: {cache / 2**30:.2f} GiB in all ({rows} rows x 15 slots)" in format_plan(sampler)
+    if kind == "ppo":  # policy + value model (a scalar head on its own decoder): about twice GRPO's policy
+        assert update.num_params > 1.5 * step_kinds["grpo"][0].num_params
+
+
+def test_cli_plans_every_program(capsys):
+    assert (
+        main(["plan", "--config=configs/grpo/arithmetic.py:tiny", "--config.mesh.data=1", "--config.mesh.fsdp=8"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.index("[train step:") < out.index("[sampler:") < out.index("[scoring pass:") and "KV cache" in out

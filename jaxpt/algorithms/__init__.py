@@ -5,11 +5,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ml_collections import ConfigDict
 
 from jaxpt.config import ConfigError, with_defaults
 from jaxpt.training.defaults import OPEN_FIELDS
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from jaxpt.algorithms.base import StepSpec
+    from jaxpt.models.config import ModelConfig
 
 ALGORITHMS = {
     "sft": "jaxpt.algorithms.sft",
@@ -29,6 +36,11 @@ def _module(name: str) -> ModuleType:
 def get_algorithm(name: str) -> Callable:
     """The ``build(config, model_config, tokenizer, mesh)`` function of algorithm ``name``."""
     return _module(name).build
+
+
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """Algorithm ``config.algorithm``'s ``StepSpec`` (its step from the config alone; ``jaxpt plan`` compiles it)."""
+    return _module(config.algorithm).step_spec(config, model_config, mesh)
 
 
 def resolve_config(config: ConfigDict) -> ConfigDict:

@@ -18,6 +18,39 @@ class DataIterator(Protocol):
     def set_state(self, state: dict) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A jitted program an algorithm runs besides its update step (the sampler, a scoring pass), in the form
+    ``jaxpt plan`` compiles it: ``fn(params, frozen, arrays)`` with the train state's params, the frozen
+    inputs and ``arrays`` (a dict; rows split over the batch axes when they divide, as the rollout puts them)."""
+
+    name: str
+    fn: Callable[[Any, Any, dict[str, jax.Array]], Any]
+    arrays: dict[str, jax.ShapeDtypeStruct]
+    notes: tuple[str, ...] = ()  # extra plan lines (e.g. the KV cache's size)
+
+
+@dataclasses.dataclass
+class StepSpec:
+    """An algorithm's train step from its config alone (no data, no weights): what ``build`` trains with and
+    ``jaxpt plan`` compiles. ``batch`` is one update's batch as the config sizes it (unsharded shapes);
+    ``frozen`` the boxed abstract params of the step's frozen input (a reference model) or None."""
+
+    loss_fn: LossFn
+    abstract_params: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    layout: str  # what ``batch`` holds, in words ("8 pairs: prompt 512 + 2 x 512 completion tokens")
+    flops: float  # model FLOPs of one update on ``batch`` (all devices; a frozen forward counted in)
+    frozen: Any = None
+    trainable: Callable[[Any], Any] | None = None
+    programs: tuple[Program, ...] = ()
+
+
+def shapes_of(batch: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """Host arrays (a batch built from no data) -> their shapes and dtypes."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+
 @dataclasses.dataclass
 class AlgorithmParts:
     """Everything algorithm-specific; the loop (``jaxpt/training/loop.py``) does the rest.

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.base import AlgorithmParts, StepSpec, shapes_of
 from jaxpt.algorithms.common.policy import InitialPolicy
 from jaxpt.algorithms.common.preference import (
     check_batch_layout,
@@ -45,6 +45,7 @@ from jaxpt.algorithms.common.preference import (
     masked_means,
     masked_sums,
     pair_valid,
+    planned_pair_batch,
     preference_data_defaults,
     preference_tokenizer,
     summarize_pairs,
@@ -162,23 +163,28 @@ def make_eval_fn(policy_config, ref_config, kwargs, chunk_size):
 
 
 # ------------------------------------------------------------------------------------------- reference
-def reference_model(
-    config: ConfigDict, dpo: ConfigDict, policy_config: ModelConfig, mesh: Mesh, initial: InitialPolicy
-):
-    """``(ref_config, load)``: ``load()`` returns the reference params on their shardings (``dpo.reference_path``,
-    else the policy's initial weights)."""
-    rules = rules_of(config)
-    path = dpo.reference_path
-    if path:
-        ref_config = ModelConfig.from_hf(path, **run_options(config.model))
-        if ref_config.vocab_size != policy_config.vocab_size:
-            raise ValueError(
-                f"reference vocab_size {ref_config.vocab_size} != policy vocab_size {policy_config.vocab_size}"
-            )
-        shardings = param_shardings(abstract_params(ref_config), mesh, rules)
-        return ref_config, lambda: load_hf(path, shardings=shardings, **run_options(config.model))[1]
-    shardings = param_shardings(abstract_params(policy_config), mesh, rules)
-    return policy_config, lambda: initial.load(shardings)
+def reference_config(config: ConfigDict, dpo: ConfigDict, policy_config: ModelConfig) -> ModelConfig | None:
+    """The reference's ModelConfig (``dpo.reference_path``'s config.json, else the policy's); None when the
+    step runs no reference (a reference-free loss, or reference log-probs precomputed into the batches)."""
+    if dpo.loss_type in REFERENCE_FREE:
+        return None
+    if not dpo.reference_path:
+        return policy_config
+    ref_config = ModelConfig.from_hf(dpo.reference_path, **run_options(config.model))
+    if ref_config.vocab_size != policy_config.vocab_size:
+        raise ValueError(
+            f"reference vocab_size {ref_config.vocab_size} != policy vocab_size {policy_config.vocab_size}"
+        )
+    return ref_config
+
+
+def reference_loader(config: ConfigDict, dpo: ConfigDict, ref_config: ModelConfig, mesh: Mesh, initial: InitialPolicy):
+    """``load()`` -> the reference params on their shardings (``dpo.reference_path``, else the policy's initial
+    weights)."""
+    shardings = param_shardings(abstract_params(ref_config), mesh, rules_of(config))
+    if dpo.reference_path:
+        return lambda: load_hf(dpo.reference_path, shardings=shardings, **run_options(config.model))[1]
+    return lambda: initial.load(shardings)
 
 
 def precompute_reference(
@@ -204,8 +210,33 @@ def precompute_reference(
 
 
 # ----------------------------------------------------------------------------------------------- build
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """The DPO step from the config alone: shared-prompt pairs (``planned_pair_batch``) and, unless the loss is
+    reference-free or its log-probs are precomputed (``ref_logps`` in the batch), the reference forward."""
+    dpo = with_defaults(config.get("dpo"), defaults().dpo, "dpo")
+    kwargs = loss_kwargs(dpo)
+    ref_config = reference_config(config, dpo, model_config)
+    in_step = ref_config is not None and not dpo.precompute_reference
+    batch, layout = planned_pair_batch(config)
+    if ref_config is not None and dpo.precompute_reference:
+        batch["ref_logps"] = np.zeros(2 * config.train.batch_size, np.float32)
+    per_token = train_flops_per_token(model_config, config.data.seq_len)
+    if in_step:
+        per_token += forward_flops_per_token(ref_config, config.data.seq_len)
+    chunk = config.train.loss_chunk_size
+    return StepSpec(
+        loss_fn=make_loss_fn(model_config, ref_config, kwargs, chunk),
+        abstract_params=abstract_params(model_config),
+        batch=shapes_of(batch),
+        layout=layout + (", reference log-probs precomputed" if ref_config and not in_step else ""),
+        flops=per_token * batch_tokens(batch, padded=True),
+        frozen=abstract_params(ref_config) if in_step else None,
+    )
+
+
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     check_batch_layout(config)
+    spec = step_spec(config, model_config, mesh)
     d = config.data
     dpo = with_defaults(config.get("dpo"), defaults().dpo, "dpo")
     kwargs = loss_kwargs(dpo)
@@ -217,18 +248,16 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     held_out = load_pairs(d.eval, tokenizer, d, split=d.eval_split) if d.eval else []
 
     initial = InitialPolicy(config, model_config)
-    reference_free = dpo.loss_type in REFERENCE_FREE
-    ref_config, load_reference = (None, None)
-    if not reference_free:
-        ref_config, load_reference = reference_model(config, dpo, model_config, mesh, initial)
+    ref_config = reference_config(config, dpo, model_config)
+    load_reference = reference_loader(config, dpo, ref_config, mesh, initial) if ref_config else None
     frozen = None
-    if not reference_free and dpo.precompute_reference:
+    if ref_config and dpo.precompute_reference:
         ref_params = load_reference()
         precompute_reference(ref_config, ref_params, [train, held_out], b, d.seq_len, pad, mesh, chunk)
         del ref_params
     elif dpo.reference_path:
         frozen = lambda params: load_reference()  # noqa: E731  (the given model, never the policy)
-    elif not reference_free:
+    elif ref_config:
         frozen = initial.reference  # the initial policy: a copy on a fresh start, re-created on a resume
 
     train_iter = PreferenceDataIterator(
@@ -246,10 +275,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_loss_fn(model_config, ref_config, kwargs, chunk),
+        loss_fn=spec.loss_fn,
         eval_fn=make_eval_fn(model_config, ref_config, kwargs, chunk),
         summarize=summarize_pairs,
-        abstract_params=abstract_params(model_config),
+        abstract_params=spec.abstract_params,
         init_params=initial.init,
         frozen=frozen,
         tokens_in_batch=batch_tokens,

@@ -45,7 +45,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.base import AlgorithmParts, Program, StepSpec, shapes_of
 from jaxpt.algorithms.common import rollout as rl
 from jaxpt.algorithms.common.policy import InitialPolicy
 from jaxpt.config import with_defaults
@@ -55,6 +55,7 @@ from jaxpt.losses.rl import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, grpo_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.hf import save_hf
+from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
 
 def defaults() -> ConfigDict:
@@ -122,25 +123,84 @@ def make_grpo_loss_fn(
     return loss_fn
 
 
-def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
-    g = grpo_config(config)
-    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
-    prompt_len, new_tokens, temp = engine.prompt_len, engine.new_tokens, engine.temperature
+def layout(config: ConfigDict, g: ConfigDict, shards: int) -> tuple[int, int, bool]:
+    """``(rollout rows, rows per update, shared)``; shared-prompt rows when a minibatch's prompts split evenly
+    over the ``shards`` batch shards and the micro-batches."""
     group = g.num_generations
     rows = config.train.batch_size * group
     mini = g.mini_batch_size or rows
-    rl.check_rows(rows, mini, engine.num_batch_shards, "grpo")
+    rl.check_rows(rows, mini, shards, "grpo")
+    per_mini, split = mini // group, shards * config.train.grad_accum_steps
+    return rows, mini, mini % group == 0 and per_mini % split == 0
+
+
+def make_score_pass(model_config: ModelConfig, config: ConfigDict):
+    """``(params, ref_params, rows) -> (ref log-probs, recomputed behaviour log-probs or None)``: the rollout's
+    one scoring pass (``jaxpt.algorithms.common.rollout.scoring_logprobs``), to be jitted."""
+    r = rl.rollout_config(config)
+    recompute = r.old_logprobs == "recompute"
+
+    def score_pass(params, ref_params, batch):
+        return rl.scoring_logprobs(
+            model_config,
+            params,
+            ref_params,
+            batch,
+            int(r.max_prompt_len),
+            float(r.temperature),
+            recompute,
+            config.train.loss_chunk_size,
+        )
+
+    return score_pass
+
+
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """The GRPO update from the config alone, with the rollout's two other programs: the sampler (prefill +
+    decode over its KV cache) and the scoring pass (reference log-probs for every rollout row)."""
+    g, r = grpo_config(config), rl.rollout_config(config)
+    p, n, group = int(r.max_prompt_len), int(r.max_new_tokens), g.num_generations
+    rows, mini, shared = layout(config, g, rl.batch_shards(mesh))
+    update = rl.planned_rows(mini, p, n, group if shared else 0)
+    update |= {
+        "old_logprobs": np.zeros((mini, n), np.float32),
+        "ref_logprobs": np.zeros((mini, n), np.float32),
+        "advantages": np.zeros(mini, np.float32),
+    }
+    score_rows = rl.planned_rows(rows, p, n, group if shared else 0)
+    score_pass = make_score_pass(model_config, config)
+    forward = forward_flops_per_token(model_config, p + n) * batch_tokens(score_rows, padded=True)
+    recompute = r.old_logprobs == "recompute"
+    return StepSpec(
+        loss_fn=make_grpo_loss_fn(model_config, g, p, n, float(r.temperature), config.train.loss_chunk_size),
+        abstract_params=abstract_params(model_config),
+        batch=shapes_of(update),
+        layout=f"{mini} of the rollout's {rows} rows ({rows // group} prompts x G={group}), {p} prompt + {n} "
+        f"completion tokens, {'shared-prompt' if shared else 'flat'} rows",
+        flops=train_flops_per_token(model_config, p + n) * batch_tokens(update, padded=True),
+        frozen=abstract_params(model_config),  # the reference (read by the scoring pass)
+        programs=(
+            rl.sampler_program(config, model_config, rows),
+            Program(
+                name=f"scoring pass: reference{' + behaviour' if recompute else ''} log-probs of {rows} rows",
+                fn=lambda params, frozen, arrays: score_pass(params, frozen, arrays),
+                arrays=shapes_of(score_rows),
+                notes=(f"model FLOPs: {forward * (1 + recompute):.3e} in all",),
+            ),
+        ),
+    )
+
+
+def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    spec = step_spec(config, model_config, mesh)
+    g = grpo_config(config)
+    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
+    group = g.num_generations
+    rows, mini, shared = layout(config, g, engine.num_batch_shards)
     train_iter = rl.prompt_iterator(config, engine)
     recompute = engine.cfg.old_logprobs == "recompute"
-    chunk = config.train.loss_chunk_size  # tokens per block of the vocabulary projection; 0 = one
-    # shared-prompt rows when a minibatch's prompts split evenly over the batch shards and micro-batches
-    per_mini, split = mini // group, engine.num_batch_shards * config.train.grad_accum_steps
-    shared = mini % group == 0 and per_mini % split == 0
     advantages = ADVANTAGE_ESTIMATORS[g.advantage]
-
-    @jax.jit
-    def score_pass(params, ref_params, batch):
-        return rl.scoring_logprobs(model_config, params, ref_params, batch, prompt_len, temp, recompute, chunk)
+    score_pass = jax.jit(make_score_pass(model_config, config))
 
     def prepare(params, frozen, s, seqs, order, total):
         ref, old = jax.device_get(score_pass(params, frozen, engine.put_tree(seqs)))
@@ -177,10 +237,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_grpo_loss_fn(model_config, g, prompt_len, new_tokens, temp, chunk),
+        loss_fn=spec.loss_fn,
         eval_fn=eval_inner or (lambda params, batch, fr: {}),
         summarize=summarize,
-        abstract_params=abstract_params(model_config),
+        abstract_params=spec.abstract_params,
         init_params=initial.init,
         frozen=initial.reference,
         tokens_in_batch=batch_tokens,
@@ -191,4 +251,4 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     )
 
 
-__all__ = ["build", "defaults", "grpo_config", "make_grpo_loss_fn"]
+__all__ = ["build", "defaults", "grpo_config", "make_grpo_loss_fn", "step_spec"]

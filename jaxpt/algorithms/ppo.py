@@ -44,7 +44,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.base import AlgorithmParts, Program, StepSpec, shapes_of
 from jaxpt.algorithms.common import rollout as rl
 from jaxpt.algorithms.common.policy import InitialPolicy
 from jaxpt.config import with_defaults
@@ -65,6 +65,7 @@ from jaxpt.models.factory import run_options
 from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
 from jaxpt.rewards import resolve_model_dir
+from jaxpt.utils.flops import forward_flops_per_token, train_flops_per_token
 
 
 def defaults() -> ConfigDict:
@@ -191,25 +192,18 @@ def make_ppo_loss_fn(
     return loss_fn
 
 
-def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
-    p = ppo_config(config)
-    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
-    prompt_len, temp = engine.prompt_len, engine.temperature
-    rows = config.train.batch_size * p.samples_per_prompt
-    mini = p.mini_batch_size or rows
-    rl.check_rows(rows, mini, engine.num_batch_shards, "ppo")
-    train_iter = rl.prompt_iterator(config, engine)
-    train_iter.extra["kl_coef"] = float(p.kl_coef)
-    value_config, init_value = value_model(config, p, model_config)
-    value_module = ScalarHeadModel(value_config)
-    recompute = engine.cfg.old_logprobs == "recompute"
+def make_score_pass(policy_config: ModelConfig, value_config: ModelConfig, p: ConfigDict, config: ConfigDict):
+    """``(params, ref_params, rows, score, sampler_logprobs, kl_coef) -> (per-token arrays, stats)``: the
+    rollout's one scoring pass (reference log-probs, values, KL-shaped rewards, GAE), to be jitted."""
+    r = rl.rollout_config(config)
+    prompt_len, temp, recompute = int(r.max_prompt_len), float(r.temperature), r.old_logprobs == "recompute"
     chunk = config.train.loss_chunk_size  # tokens per block of the vocabulary projection; 0 = one
+    value_module = ScalarHeadModel(value_config)
 
-    @jax.jit
     def score_pass(params, ref_params, batch, score, sampler_logprobs, kl_coef):
         mask = batch["response_mask"]
         ref, old = rl.scoring_logprobs(
-            model_config, params["policy"], ref_params, batch, prompt_len, temp, recompute, chunk
+            policy_config, params["policy"], ref_params, batch, prompt_len, temp, recompute, chunk
         )
         logp = old if recompute else sampler_logprobs
         values = response_values(value_module, params["value"], batch, prompt_len) * mask
@@ -229,6 +223,71 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
             "returns_mean": masked_mean(returns, mask),
         }
         return {"logp": logp * mask, "ref": ref * mask, "values": values, "adv": adv, "returns": returns}, stats
+
+    return score_pass
+
+
+def layout(config: ConfigDict, p: ConfigDict, shards: int) -> tuple[int, int]:
+    """``(rollout rows, rows per update)``, checked against the ``shards`` batch shards."""
+    rows = config.train.batch_size * p.samples_per_prompt
+    mini = p.mini_batch_size or rows
+    rl.check_rows(rows, mini, shards, "ppo")
+    return rows, mini
+
+
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """The PPO update (policy + value) from the config alone, with the rollout's sampler and scoring pass."""
+    p, r = ppo_config(config), rl.rollout_config(config)
+    prompt_len, n = int(r.max_prompt_len), int(r.max_new_tokens)
+    rows, mini = layout(config, p, rl.batch_shards(mesh))
+    value_config, _ = value_model(config, p, model_config)
+    per_row = {k: np.zeros((mini, n), np.float32) for k in ("old_logprobs", "old_values", "returns", "advantages")}
+    update = rl.planned_rows(mini, prompt_len, n) | per_row
+    score_rows = rl.planned_rows(rows, prompt_len, n)
+    score_pass = make_score_pass(model_config, value_config, p, config)
+    arrays = shapes_of(score_rows) | {
+        "score": jax.ShapeDtypeStruct((rows,), np.float32),
+        "sampler_logprobs": jax.ShapeDtypeStruct((rows, n), np.float32),
+    }
+    seq = prompt_len + n
+    tokens = batch_tokens(update, padded=True)
+    scored = batch_tokens(score_rows, padded=True)
+    forward = (forward_flops_per_token(model_config, seq) + forward_flops_per_token(value_config, seq)) * scored
+
+    def score_fn(params, frozen, a):
+        rows_ = {k: v for k, v in a.items() if k not in ("score", "sampler_logprobs")}
+        return score_pass(params, frozen, rows_, a["score"], a["sampler_logprobs"], jnp.float32(p.kl_coef))
+
+    return StepSpec(
+        loss_fn=make_ppo_loss_fn(
+            model_config, value_config, p, prompt_len, float(r.temperature), config.train.loss_chunk_size
+        ),
+        abstract_params={"policy": abstract_params(model_config), "value": abstract_reward_params(value_config)},
+        batch=shapes_of(update),
+        layout=f"{mini} of the rollout's {rows} rows, {prompt_len} prompt + {n} completion tokens",
+        flops=(train_flops_per_token(model_config, seq) + train_flops_per_token(value_config, seq)) * tokens,
+        frozen=abstract_params(model_config),  # the reference policy (read by the scoring pass)
+        programs=(
+            rl.sampler_program(config, model_config, rows, policy=lambda params: params["policy"]),
+            Program(
+                name=f"scoring pass: reference log-probs, values and advantages of {rows} rows",
+                fn=score_fn,
+                arrays=arrays,
+                notes=(f"model FLOPs: {forward:.3e} in all",),
+            ),
+        ),
+    )
+
+
+def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    spec = step_spec(config, model_config, mesh)
+    p = ppo_config(config)
+    engine = rl.RolloutEngine(config, model_config, tokenizer, mesh)
+    rows, mini = layout(config, p, engine.num_batch_shards)
+    train_iter = rl.prompt_iterator(config, engine)
+    train_iter.extra["kl_coef"] = float(p.kl_coef)
+    value_config, init_value = value_model(config, p, model_config)
+    score_pass = jax.jit(make_score_pass(model_config, value_config, p, config))
 
     def prepare(params, frozen, s, seqs, order, total):
         score = total - np.where(s.finished, 0.0, p.missing_eos_penalty).astype(np.float32)
@@ -289,12 +348,12 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_ppo_loss_fn(model_config, value_config, p, prompt_len, temp, chunk),
+        loss_fn=spec.loss_fn,
         eval_fn=(lambda params, batch, fr: eval_inner(params["policy"], batch, fr))
         if eval_inner
         else (lambda params, batch, fr: {}),
         summarize=summarize,
-        abstract_params={"policy": abstract_params(model_config), "value": abstract_reward_params(value_config)},
+        abstract_params=spec.abstract_params,
         init_params=init_params,
         frozen=frozen,
         tokens_in_batch=batch_tokens,

@@ -31,13 +31,14 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.base import AlgorithmParts, StepSpec, shapes_of
 from jaxpt.algorithms.common.preference import (
     check_batch_layout,
     load_pairs,
     masked_means,
     masked_sums,
     pair_valid,
+    planned_pair_batch,
     preference_data_defaults,
     preference_tokenizer,
     summarize_pairs,
@@ -53,6 +54,7 @@ from jaxpt.models.logprobs import last_token_states
 from jaxpt.models.reward import abstract_reward_params, init_reward_params, score_head
 from jaxpt.sharding import param_shardings, rules_of
 from jaxpt.training.defaults import base_config
+from jaxpt.utils.flops import train_flops_per_token
 
 Batch = dict[str, np.ndarray]
 
@@ -141,8 +143,21 @@ def make_eval_fn(model_config: ModelConfig, center_coef: float):
     return eval_fn
 
 
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """The reward-model step from the config alone (``planned_pair_batch``: no margin column)."""
+    batch, layout = planned_pair_batch(config)
+    return StepSpec(
+        loss_fn=make_loss_fn(model_config, float(config.rm.center_coef)),
+        abstract_params=abstract_reward_params(model_config),
+        batch=shapes_of(batch),
+        layout=layout,
+        flops=train_flops_per_token(model_config, config.data.seq_len) * batch_tokens(batch, padded=True),
+    )
+
+
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
     check_batch_layout(config)
+    spec = step_spec(config, model_config, mesh)
     d, rm = config.data, config.rm
     center_coef, margin_column = float(rm.center_coef), rm.margin_column
     tokenizer = preference_tokenizer(config, tokenizer, model_config)
@@ -163,10 +178,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_loss_fn(model_config, center_coef),
+        loss_fn=spec.loss_fn,
         eval_fn=make_eval_fn(model_config, center_coef),
         summarize=summarize_pairs,
-        abstract_params=abstract_reward_params(model_config),
+        abstract_params=spec.abstract_params,
         init_params=lambda shardings: init_reward_model(config, model_config, mesh, shardings),
         tokens_in_batch=batch_tokens,
         export=export,

@@ -10,13 +10,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms.base import AlgorithmParts
+from jaxpt.algorithms.base import AlgorithmParts, StepSpec, shapes_of
 from jaxpt.data.sft import (
     SFTDataIterator,
     batch_tokens,
     build_sft_dataset,
     fixed_batches,
     load_records,
+    make_batch,
 )
 from jaxpt.evaluation.metrics import exact_match, lm_metrics
 from jaxpt.generation.frontend import Sampler, sampling_config
@@ -26,6 +27,7 @@ from jaxpt.models.factory import model_params_from
 from jaxpt.models.hf import save_hf
 from jaxpt.models.logprobs import lm_loss
 from jaxpt.training.defaults import base_config
+from jaxpt.utils.flops import train_flops_per_token
 
 
 def defaults() -> ConfigDict:
@@ -92,7 +94,20 @@ def config_chunk_size(config: ConfigDict, model_config: ModelConfig) -> int:
     return loss_chunk_size(config.train.loss_chunk_size, model_config.vocab_size, tokens)
 
 
+def step_spec(config: ConfigDict, model_config: ModelConfig, mesh: Mesh) -> StepSpec:
+    """The SFT step from the config alone: ``[batch_size, seq_len]`` rows (the iterator's layout)."""
+    b, t = config.train.batch_size, config.data.seq_len
+    return StepSpec(
+        loss_fn=make_loss_fn(model_config, config_chunk_size(config, model_config)),
+        abstract_params=abstract_params(model_config),
+        batch=shapes_of(make_batch([], [[] for _ in range(b)], t)),
+        layout=f"{b} rows of {t} tokens",
+        flops=train_flops_per_token(model_config, t) * b * t,
+    )
+
+
 def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: Mesh) -> AlgorithmParts:
+    spec = step_spec(config, model_config, mesh)
     d = config.data
     seq_len = d.seq_len
     train = build_sft_dataset(d.train, tokenizer, seq_len, completion_only=d.completion_only)
@@ -124,10 +139,10 @@ def build(config: ConfigDict, model_config: ModelConfig, tokenizer: Any, mesh: M
     return AlgorithmParts(
         train_iter=train_iter,
         eval_batches=eval_batches,
-        loss_fn=make_loss_fn(model_config, chunk),
+        loss_fn=spec.loss_fn,
         eval_fn=make_eval_fn(model_config, chunk),
         summarize=lm_metrics,
-        abstract_params=abstract_params(model_config),
+        abstract_params=spec.abstract_params,
         init_params=lambda shardings: model_params_from(config.model, model_config, shardings, config.seed),
         tokens_in_batch=batch_tokens,
         export=export,

@@ -38,11 +38,16 @@ Example = dict[str, np.ndarray]
 Batch = dict[str, np.ndarray]
 
 
-def batch_tokens(batch: Batch) -> int:
+def batch_tokens(batch: Batch, padded: bool = False) -> int:
     """Tokens a batch runs through the model (for tokens/s): real tokens of flat rows (``segment_ids > 0``),
-    or of shared-prompt rows, each shared prompt once (``prompt_mask`` + ``completion_segment_ids``)."""
+    or of shared-prompt rows, each shared prompt once (``prompt_mask`` + ``completion_segment_ids``).
+    ``padded``: every slot, real or padding (what a step compiled for the batch's shapes computes)."""
     if "prompt_tokens" in batch:
+        if padded:
+            return int(np.size(batch["prompt_tokens"]) + np.size(batch["completion_tokens"]))
         return int(np.sum(batch["prompt_mask"]) + np.sum(batch["completion_segment_ids"]))
+    if padded:
+        return int(np.size(batch["inputs"]))
     return int(np.sum(batch["segment_ids"] > 0))
 
 

@@ -1,16 +1,21 @@
-"""Plan a run on devices you do not have: compile the SFT train step ahead of time and read XLA's estimates.
+"""Plan a run on devices you do not have: compile an algorithm's programs ahead of time and read XLA's estimates.
 
     jaxpt plan --config=configs/sft/quickstart.py --topology=v5e:4x4 --config.mesh.fsdp=16
 
-Nothing is allocated or run. The train state and the batch are ``ShapeDtypeStruct``s with the shardings
-``jaxpt train`` would give them (the same mesh, logical-axis rules and jitted step, ``jit_train_step``), so
-a step that compiles here compiles the same way on that slice, and XLA's per-device memory (arguments,
-outputs, temporaries) estimates say whether it fits before a pod is rented. ``--topology`` names a
-TPU slice (``jax.experimental.topologies``; compiling for it needs libtpu: ``pip install 'jaxpt[tpu]'``);
-without it the plan is for this host's devices.
+Nothing is allocated or run. Each algorithm describes its step from the config alone (``step_spec``: the
+loss, the parameter shapes, one update's batch shapes, the frozen inputs such as a DPO reference, and the
+other programs it runs: the RL sampler's prefill + decode over its KV cache, the scoring pass); ``jaxpt
+train`` builds its step from the same spec. The train state, batch and frozen inputs are
+``ShapeDtypeStruct``s with the shardings training gives them (the same mesh, logical-axis rules and jitted
+step, ``jit_train_step``), so a program that compiles here compiles the same way on that slice, and XLA's
+per-device memory (arguments, outputs, temporaries) says whether it fits before a pod is rented. Every
+program is planned with the whole train state (params and optimizer state) and the frozen inputs among its
+arguments: they stay in HBM while it runs. ``--topology`` names a TPU slice (``jax.experimental.topologies``;
+compiling for it needs libtpu: ``pip install 'jaxpt[tpu]'``); without it the plan is for this host's devices.
 
-SFT only: its batch has a fixed layout (``[batch, seq_len]`` arrays); the other algorithms build theirs
-from their data and reference models, which a plan would have to load.
+Shapes the data would decide come from the config: a preference batch's prompt and completion lengths
+(``data.max_prompt_length`` / ``max_completion_length``, else half of ``seq_len`` each); an RL rollout's
+``rollout.max_prompt_len`` + ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -24,17 +29,15 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
-from jaxpt.algorithms import resolve_config, sft
-from jaxpt.data.sft import make_batch
+from jaxpt.algorithms import resolve_config, step_spec
+from jaxpt.algorithms.base import Program
 from jaxpt.models.attention import compiling_for
-from jaxpt.models.decoder import abstract_params
 from jaxpt.models.factory import model_config_from
-from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules, unbox
+from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules, param_shardings, replicated, unbox
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, state_shardings
 from jaxpt.training.step import jit_train_step, make_train_step
 from jaxpt.training.trainable import count_params, mask_from_config
-from jaxpt.utils.flops import train_flops_per_token
 
 # Published HBM per chip, by JAX's device_kind (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
 TPU_HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32}
@@ -51,21 +54,24 @@ TPU_PEAKS = {
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-    """XLA's estimates for one compiled train step, per device."""
+    """XLA's estimates for one compiled program (the train step, the sampler, ...), per device."""
 
+    name: str  # which program, and the batch it was compiled for
     device_kind: str
     num_devices: int
     mesh: dict[str, int]
     num_params: int
     trainable_params: int  # train.trainable / train.frozen: only these have optimizer state
-    argument_bytes: int  # train state + batch shard
+    argument_bytes: int  # train state + frozen inputs + batch shard
     optimizer_bytes: int  # the optimizer state's part of argument_bytes (counted from its shapes and shardings)
+    frozen_bytes: int  # the frozen inputs' part (a reference model), counted the same way
     output_bytes: int
     alias_bytes: int  # outputs written into donated arguments (the state)
     temp_bytes: int  # activations, gradients and other temporaries
     # per device, the count MFU uses (jaxpt.utils.flops): step time = this / (peak * MFU). (XLA's own cost
     # analysis is not reported: it counts a loop body once, e.g. one block of the fused loss.)
-    model_flops: float
+    model_flops: float  # 0: not counted (programs other than the train step)
+    notes: tuple[str, ...] = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -77,7 +83,7 @@ class StepPlan:
         the bf16 peak, and at least the state and batch read plus the outputs written at the HBM bandwidth
         (a lower bound: activations and temporaries come on top). The step takes at least the larger."""
         peaks = TPU_PEAKS.get(self.device_kind)
-        if peaks is None:
+        if peaks is None or not self.model_flops:
             return None
         flops, bandwidth = peaks
         compute = self.model_flops / flops
@@ -116,57 +122,105 @@ def topology_devices(topology: str) -> list[Any]:
         ) from e
 
 
-def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, tokenizer: Any = None) -> StepPlan:
-    """Compiles ``config``'s SFT train step for ``devices`` (default: this host's) and returns XLA's estimates.
+def plan_steps(
+    config: ConfigDict, devices: Sequence[Any] | None = None, tokenizer: Any = None
+) -> list[StepPlan | DoesNotFit]:
+    """Compiles ``config``'s train step and its algorithm's other programs (``StepSpec.programs``) for
+    ``devices`` (default: this host's); one plan per program, or the ``DoesNotFit`` XLA raised for it.
 
     ``tokenizer`` only sizes the vocabulary of a from-scratch model (``config.model.scratch``); a model
     directory's ``config.json`` needs none.
     """
-    if config.algorithm != "sft":
-        raise ValueError(f"jaxpt plan compiles SFT steps only; config.algorithm is {config.algorithm!r}")
     config = resolve_config(config)
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor, devices)
     rules = normalize_rules(m.rules)
     model_config = model_config_from(config.model, tokenizer)
-    b, t = config.train.batch_size, config.data.seq_len
-    chunk = sft.config_chunk_size(config, model_config)
     platform = mesh.devices.flat[0].platform
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compiling_for(platform):
-        boxed = abstract_params(model_config)
-        trainable = mask_from_config(config.train, unbox(boxed))
+        spec = step_spec(config, model_config, mesh)
+        boxed = spec.abstract_params
+        trainable = mask_from_config(config.train, unbox(boxed), spec.trainable)
         tx, schedule = make_optimizer(config.optimizer, config.train.steps, trainable)
         shardings = state_shardings(boxed, tx, mesh, rules)
-        loss_fn = sft.make_loss_fn(model_config, chunk)
-        step = make_train_step(loss_fn, tx, schedule, config.train.grad_accum_steps, trainable)
-        # the layout the SFT data iterator makes, with empty rows
-        host_batch = make_batch([], [[] for _ in range(b)], t)
-        batch = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh)) for k, v in host_batch.items()
-        }
+        step = make_train_step(spec.loss_fn, tx, schedule, config.train.grad_accum_steps, trainable)
         state = abstract_state(shardings, boxed, tx)
-        lowered = jit_train_step(step, shardings, mesh).lower(state, batch, None)
-        try:
-            compiled = lowered.compile()
-        except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program that cannot fit in HBM
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            mesh_desc = ", ".join(f"{k}={v}" for k, v in zip(MESH_AXES, mesh.devices.shape, strict=True))
-            kind = mesh.devices.flat[0].device_kind
-            raise DoesNotFit(f"the step does not fit on {kind} with mesh {mesh_desc}: {e}") from e
+        frozen = None
+        if spec.frozen is not None:
+            frozen = jax.tree.map(
+                lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                unbox(spec.frozen),
+                param_shardings(spec.frozen, mesh, rules),
+            )
+        n_trainable, n_params = count_params(boxed, trainable)
+        common = dict(
+            device_kind=mesh.devices.flat[0].device_kind,
+            num_devices=mesh.devices.size,
+            mesh=dict(zip(MESH_AXES, mesh.devices.shape, strict=True)),
+            num_params=n_params,
+            trainable_params=n_trainable,
+            optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
+            frozen_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(frozen)),
+        )
+        batch = {k: _on(v, batch_sharding(mesh)) for k, v in spec.batch.items()}
+        # keep_unused: a frozen input the loss does not read (GRPO's reference) is still in HBM meanwhile
+        update = jit_train_step(step, shardings, mesh, keep_unused=True)
+        plans = [
+            _compile(
+                f"train step: {spec.layout}",
+                lambda: update.lower(state, batch, frozen),
+                mesh,
+                common | dict(model_flops=spec.flops / mesh.devices.size),
+            )
+        ]
+        for program in spec.programs:
+            plans.append(_plan_program(program, state, frozen, mesh, common))
+    return plans
+
+
+def plan_sft_step(config: ConfigDict, devices: Sequence[Any] | None = None, tokenizer: Any = None) -> StepPlan:
+    """The train step's plan alone (raises ``DoesNotFit`` when XLA refuses it)."""
+    plan = plan_steps(config, devices, tokenizer)[0]
+    if isinstance(plan, DoesNotFit):
+        raise plan
+    return plan
+
+
+def _on(x: jax.ShapeDtypeStruct, sharding: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def _plan_program(program: Program, state: Any, frozen: Any, mesh: Any, common: dict) -> StepPlan | DoesNotFit:
+    """``program`` with the whole train state and the frozen inputs as (kept) arguments; its arrays split over
+    the batch axes when their rows divide (as the rollout puts them), else replicated."""
+    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    arrays = {
+        k: _on(v, batch_sharding(mesh) if v.shape and v.shape[0] % shards == 0 else replicated(mesh))
+        for k, v in program.arrays.items()
+    }
+    fn = jax.jit(lambda st, fr, a: program.fn(st.params, fr, a), keep_unused=True)
+    return _compile(
+        program.name, lambda: fn.lower(state, frozen, arrays), mesh, common | dict(model_flops=0.0, notes=program.notes)
+    )
+
+
+def _compile(name: str, lower: Any, mesh: Any, fields: dict) -> StepPlan | DoesNotFit:
+    try:
+        compiled = lower().compile()
+    except jax.errors.JaxRuntimeError as e:  # XLA:TPU refuses a program that cannot fit in HBM
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        mesh_desc = ", ".join(f"{k}={v}" for k, v in zip(MESH_AXES, mesh.devices.shape, strict=True))
+        kind = mesh.devices.flat[0].device_kind
+        return DoesNotFit(f"{name}: does not fit on {kind} with mesh {mesh_desc}: {e}")
     memory = compiled.memory_analysis()
     return StepPlan(
-        device_kind=mesh.devices.flat[0].device_kind,
-        num_devices=mesh.devices.size,
-        mesh=dict(zip(MESH_AXES, mesh.devices.shape, strict=True)),
-        num_params=model_config.num_params(),
-        trainable_params=count_params(boxed, trainable)[0],
+        name=name,
         argument_bytes=int(memory.argument_size_in_bytes),
-        optimizer_bytes=sum(_shard_bytes(x) for x in jax.tree.leaves(state.opt_state)),
         output_bytes=int(memory.output_size_in_bytes),
         alias_bytes=int(memory.alias_size_in_bytes),
         temp_bytes=int(memory.temp_size_in_bytes),
-        model_flops=train_flops_per_token(model_config, t) * b * t / mesh.devices.size,
+        **fields,
     )
 
 
@@ -183,11 +237,13 @@ def format_plan(plan: StepPlan) -> str:
 
     mesh = ", ".join(f"{k}={v}" for k, v in plan.mesh.items())
     trained = plan.trainable_params
+    frozen = f"; frozen inputs {gib(plan.frozen_bytes)}" if plan.frozen_bytes else ""
     lines = [
+        f"[{plan.name}]",
         f"devices: {plan.num_devices} x {plan.device_kind}; mesh {mesh}; {plan.num_params / 1e6:,.1f} M parameters"
         + (f", {trained / 1e6:,.1f} M of them trained" if trained < plan.num_params else ""),
         f"per device: arguments {gib(plan.argument_bytes)} (train state + batch; optimizer state "
-        f"{gib(plan.optimizer_bytes)}), outputs {gib(plan.output_bytes)}"
+        f"{gib(plan.optimizer_bytes)}{frozen}), outputs {gib(plan.output_bytes)}"
         f" ({gib(plan.alias_bytes)} of them in donated buffers), temporaries {gib(plan.temp_bytes)}",
         f"peak per device: {gib(plan.peak_bytes)}"
         + (
@@ -195,8 +251,10 @@ def format_plan(plan: StepPlan) -> str:
             if plan.hbm_bytes
             else ""
         ),
-        f"model FLOPs per device per step (the MFU count): {plan.model_flops:.3e}",
     ]
+    if plan.model_flops:
+        lines.append(f"model FLOPs per device per step (the MFU count): {plan.model_flops:.3e}")
+    lines.extend(plan.notes)
     roof = plan.roofline()
     if roof:
         compute, memory, ceiling = roof

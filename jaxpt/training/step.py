@@ -92,12 +92,14 @@ def make_train_step(
     return step
 
 
-def jit_train_step(step: Callable, shardings: TrainState, mesh: Mesh) -> Any:
+def jit_train_step(step: Callable, shardings: TrainState, mesh: Mesh, keep_unused: bool = False) -> Any:
     """``step`` jitted as training runs it: the state on its shardings (and donated), the batch split over the
-    data axes, ``frozen`` as given, metrics replicated. ``jaxpt plan`` compiles exactly this ahead of time."""
+    data axes, ``frozen`` as given, metrics replicated. ``jaxpt plan`` compiles exactly this ahead of time
+    (``keep_unused``: frozen inputs the loss does not read still count among the arguments)."""
     return jax.jit(
         step,
         in_shardings=(shardings, batch_sharding(mesh), None),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=(0,),
+        keep_unused=keep_unused,
     )

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxpt.data.preference import ROW_PREFIX, Pair, build_preference_dataset
+from jaxpt.data.preference import ROW_PREFIX, Pair, build_preference_dataset, build_shared_prompt_batch
 from jaxpt.data.sft import load_records
 from jaxpt.data.tokenizer import load_tokenizer
 from jaxpt.models.config import ModelConfig
@@ -111,3 +111,16 @@ def check_batch_layout(config: ConfigDict) -> None:
         # Strided micro-batches keep pair i's chosen (row i) and rejected (row B + i) rows together only if
         # B is a multiple of the number of micro-batches.
         raise ValueError(f"train.batch_size ({b} pairs) must be divisible by train.grad_accum_steps ({n})")
+
+
+def planned_pair_batch(config: ConfigDict) -> tuple[dict[str, np.ndarray], str]:
+    """A shared-prompt batch of ``train.batch_size`` empty pairs shaped from the config alone, and its layout in
+    words (``jaxpt plan``). Training shapes its batches by the data's longest kept prompt and completion; with
+    no data the plan takes ``data.max_prompt_length`` / ``data.max_completion_length`` when set, else half of
+    ``data.seq_len`` each."""
+    d, b = config.data, config.train.batch_size
+    p_len = int(d.max_prompt_length) or d.seq_len // 2
+    c_len = int(d.max_completion_length) or d.seq_len + 1 - p_len
+    empty = {k: np.zeros(0, np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    batch = build_shared_prompt_batch([empty] * b, d.seq_len, (p_len, c_len))
+    return batch, f"{b} pairs: prompt {p_len} + 2 x {c_len} completion tokens"

@@ -21,12 +21,15 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from jaxpt.algorithms import sft
+from jaxpt.algorithms.base import Program
 from jaxpt.config import with_defaults
 from jaxpt.data.iterators import EpochIterator
 from jaxpt.data.sft import build_sft_dataset, fixed_batches, load_records
 from jaxpt.evaluation.metrics import lm_metrics
 from jaxpt.generation.frontend import Sampler, sampling_config
+from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import init_cache
 from jaxpt.models.logprobs import batch_logprobs
 from jaxpt.rewards import RewardInput, build_rewards
 from jaxpt.sharding import batch_sharding, replicated, rules_of
@@ -190,6 +193,66 @@ def shared_prompt_rows(s: Samples, group: int) -> tuple[dict[str, np.ndarray], n
     return rows, order
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways rows split over the mesh's batch axes (``data`` x ``fsdp``)."""
+    return int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+
+
+def planned_samples(rows: int, prompt_len: int, new_tokens: int) -> Samples:
+    """``rows`` empty samples of a rollout's shapes (``jaxpt plan``: no prompts, no sampling)."""
+    zeros = lambda *shape: np.zeros(shape, np.int32)  # noqa: E731
+    return Samples(
+        prompt_tokens=zeros(rows, prompt_len),
+        prompt_mask=zeros(rows, prompt_len),
+        tokens=zeros(rows, new_tokens),
+        logprobs=np.zeros((rows, new_tokens), np.float32),
+        mask=np.zeros((rows, new_tokens), np.float32),
+        lengths=zeros(rows),
+        finished=np.zeros(rows, bool),
+        completions=[],
+        records=[],
+        prompts=[],
+    )
+
+
+def planned_rows(rows: int, prompt_len: int, new_tokens: int, group: int = 0) -> dict[str, np.ndarray]:
+    """Training rows (``shared_prompt_rows`` in groups of ``group`` when > 0, else ``training_rows``) of
+    ``rows`` empty samples: the shapes the update and the scoring pass see."""
+    s = planned_samples(rows, prompt_len, new_tokens)
+    return shared_prompt_rows(s, group)[0] if group else training_rows(s)
+
+
+def sampler_program(
+    config: ConfigDict, model_config: ModelConfig, rows: int, policy: Callable[[Any], Any] = lambda p: p
+) -> Program:
+    """The rollout's sampler as ``jaxpt plan`` compiles it: ``generate`` (the prefill, then the decode loop over
+    its KV cache) on ``rows`` prompts of ``rollout.max_prompt_len`` tokens, ``rollout.max_new_tokens`` new.
+    (Stop ids come from the tokenizer in training; they do not change the program's shapes.)"""
+    r = rollout_config(config)
+    p, n = int(r.max_prompt_len), int(r.max_new_tokens)
+    sampling = SamplingConfig(
+        max_new_tokens=n,
+        temperature=float(r.temperature),
+        top_k=int(r.top_k),
+        top_p=float(r.top_p),
+        eos_token_ids=tuple(model_config.eos_token_ids) or (0,),
+    )
+    cache = jax.eval_shape(lambda: init_cache(model_config, rows, p + n - 1))
+    cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+
+    def fn(params, frozen, arrays):
+        tokens, mask = arrays["prompt_tokens"], arrays["prompt_mask"]
+        return generate(model_config, policy(params), tokens, mask, jax.random.key(0), sampling)
+
+    prompts = jax.ShapeDtypeStruct((rows, p), np.int32)
+    return Program(
+        name=f"sampler: prefill + decode of {rows} rows, {p} prompt + {n} new tokens",
+        fn=fn,
+        arrays={"prompt_tokens": prompts, "prompt_mask": prompts},
+        notes=(f"KV cache: {cache_bytes / 2**30:.2f} GiB in all ({rows} rows x {p + n - 1} slots)",),
+    )
+
+
 class RolloutEngine:
     """Prompts -> jitted sampling -> decoded, scored completions -> training rows (GRPO and PPO)."""
 
@@ -209,7 +272,7 @@ class RolloutEngine:
         )
         self.greedy = self.sampler.replace(temperature=0.0, top_k=0, top_p=1.0)
         self.rewards = build_rewards(list(config.rewards), tokenizer=tokenizer, mesh=mesh, rules=rules_of(config))
-        self.num_batch_shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+        self.num_batch_shards = batch_shards(mesh)
 
     # ---------------------------------------------------------------------------------------- device
     def put(self, x: np.ndarray) -> jax.Array:
