@@ -26,3 +26,37 @@ def test_offload_remat_gives_the_gradients_of_full_remat():
     plain, full, offload = grads("none"), grads("full"), grads("offload")
     for other in (full, offload):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, other)
+
+
+def test_bf16_first_moment_stores_mu_in_bfloat16_and_updates_like_f32():
+    """``optimizer.mu_dtype=bfloat16`` (MaxText's ``mu_dtype``) keeps Adam's first moment in bf16, the second in
+    f32; updates equal the f32 optimizer's to bf16 precision."""
+    import optax
+    import pytest
+
+    from jaxpt.training.optimizer import make_optimizer, optimizer_config
+
+    params = {"w": {"kernel": jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32).reshape(8, 8)}}
+    grads = jax.tree.map(lambda p: jnp.sin(7.0 * p) + 0.1, params)
+
+    def run(mu_dtype):
+        tx, _ = make_optimizer(optimizer_config(mu_dtype=mu_dtype, warmup_steps=0), 10)
+        state = tx.init(params)
+        updates = []
+        for _ in range(3):
+            u, state = tx.update(grads, state, params)
+            updates.append(u["w"]["kernel"])
+        return state, updates
+
+    state32, u32 = run("")
+    state16, u16 = run("bfloat16")
+    adam16 = next(
+        s
+        for s in jax.tree.leaves(state16, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)
+    )
+    assert adam16.mu["w"]["kernel"].dtype == jnp.bfloat16 and adam16.nu["w"]["kernel"].dtype == jnp.float32
+    for a, b in zip(u32, u16, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer.mu_dtype='bf16'"):
+        make_optimizer(optimizer_config(mu_dtype="bf16"), 10)

@@ -39,7 +39,10 @@ def plans():
     n_layers = sum(math.prod(x.shape) for k, v in params.items() if k.startswith("layers_") for x in jax.tree.leaves(v))
     frozen = _config(8, 1)
     frozen.train.trainable = ("layers_.*",)  # the embeddings and the final norm stay as they are
+    mu16 = _config(8, 1)
+    mu16.optimizer.mu_dtype = "bfloat16"
     return {
+        "mu16": plan_sft_step(mu16, tokenizer=tokenizer),
         "data": plan_sft_step(_config(8, 1), tokenizer=tokenizer),
         "fsdp": plan_sft_step(_config(1, 8), tokenizer=tokenizer),
         "frozen": plan_sft_step(frozen, tokenizer=tokenizer),
@@ -71,6 +74,12 @@ def test_a_masked_plan_keeps_optimizer_state_for_the_trained_parameters_only(pla
     assert plans["fsdp"].optimizer_bytes < data.optimizer_bytes / 6
     assert f"{n / 1e6:,.1f} M parameters, {n_layers / 1e6:,.1f} M of them trained" in format_plan(frozen)
     assert "trained" not in format_plan(data)
+
+
+def test_a_bf16_first_moment_saves_two_bytes_a_parameter(plans):
+    data, mu16, n = plans["data"], plans["mu16"], plans["n_params"]
+    assert data.optimizer_bytes - mu16.optimizer_bytes == 2 * n
+    assert data.argument_bytes - mu16.argument_bytes == 2 * n
 
 
 def _plan(peak_bytes: int, device_kind: str = "TPU v5 lite") -> StepPlan:
