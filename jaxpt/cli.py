@@ -7,6 +7,10 @@ jaxpt generate --model=DIR --prompt="1+2=" --chat
 jaxpt generate-data --config=configs/datagen/arithmetic_distill.py --output=DIR   # re-run the same to resume
 jaxpt eval --config=configs/eval/arithmetic.py --model=DIR --output=DIR
 jaxpt plan --config=configs/sft/quickstart.py --topology=v5e:4x4 --config.mesh.fsdp=16   # compile only
+
+A mistake the user can fix (``jaxpt.errors.UserError``: a config field, a path, a data file, a flag) prints
+``jaxpt <command>: <message>`` on stderr and exits 2; ``--debug`` (or ``JAXPT_DEBUG=1``) shows its traceback.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,23 +22,50 @@ import logging
 import os
 import sys
 
+_FOREIGN_QUIET = {  # transformers' "PyTorch was not found…" advice, datasets' "Generating train split" bars
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "critical",  # its errors (a bad JSON line) end in an exception jaxpt reports anyway
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+class _UsageError(Exception):
+    """A command line argparse cannot parse; ``prog`` is the (sub-)command it was parsing."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a one-line error from ``main`` instead of usage + exit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{message} (see '{self.prog} --help')", self.prog)
+
+
+def _reject_extra(command: str, extra: list[str]) -> None:
+    from jaxpt.errors import UserError
+
+    if extra:
+        raise UserError(f"unrecognised arguments: {' '.join(extra)} (see 'jaxpt {command} --help')")
+
 
 def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.config import parse_cli
     from jaxpt.training.loop import train
 
     config, unknown = parse_cli(rest)
-    if unknown:
-        raise SystemExit(f"jaxpt train: unrecognised arguments {unknown}")
-    train(config, args.workdir, resume=args.resume)
+    _reject_extra("train", unknown)
+    train(config, args.workdir, resume=args.resume, resume_step=args.resume_step)
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.models import orbax_io
 
-    if rest:
-        raise SystemExit(f"jaxpt convert: unrecognised arguments {rest}")
+    _reject_extra("convert", rest)
     if args.direction == "hf-to-orbax":
         orbax_io.hf_to_orbax(args.src, args.dst, scan_layers=args.scan_layers)
     else:
@@ -47,11 +78,16 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
     import jax
 
     from jaxpt.data.tokenizer import load_tokenizer
+    from jaxpt.errors import UserError
     from jaxpt.generation.frontend import Sampler, sampling_config
+    from jaxpt.generation.sampler import check_sampling
     from jaxpt.models import orbax_io
 
-    if rest:
-        raise SystemExit(f"jaxpt generate: unrecognised arguments {rest}")
+    _reject_extra("generate", rest)
+    flags = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")}
+    check_sampling(flags, label=lambda name: "--" + name.replace("_", "-"))  # before the model loads
+    if args.max_prompt_length < 1:
+        raise UserError(f"--max-prompt-length={args.max_prompt_length}: must be >= 1")
     config, params, tok_dir = orbax_io.load_any(args.model)
     tokenizer = load_tokenizer(tok_dir)
     prompts = args.prompt
@@ -67,18 +103,15 @@ def _cmd_generate(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _cmd_generate_data(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.config import parse_cli
-    from jaxpt.datagen.pipeline import Interrupted, ResumeMismatch, run
+    from jaxpt.datagen.pipeline import Interrupted, run
 
     config, unknown = parse_cli(rest)
-    if unknown:
-        raise SystemExit(f"jaxpt generate-data: unrecognised arguments {unknown}")
+    _reject_extra("generate-data", unknown)
     try:
         out = run(config, args.output, stop_after_batches=args.stop_after_batches, overwrite=args.overwrite)
     except Interrupted as e:
         print(f"{e}; run the same command again to resume", flush=True)
         return 3
-    except ResumeMismatch as e:
-        raise SystemExit(f"jaxpt generate-data: {e}") from None
     print(json.dumps({"counts": out["counts"], "paths": out["paths"]}, indent=2))
     print(f"report: {os.path.join(args.output, 'report.md')}")
     return 0
@@ -89,8 +122,7 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.evaluation.evaluate import run_eval
 
     config, unknown = parse_cli(rest)
-    if unknown:
-        raise SystemExit(f"jaxpt eval: unrecognised arguments {unknown}")
+    _reject_extra("eval", unknown)
     metrics = run_eval(config, args.model, args.output, step=args.step)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
@@ -102,19 +134,14 @@ def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     from jaxpt.config import parse_cli
     from jaxpt.training.loop import tokenizer_from
-    from jaxpt.training.plan import DoesNotFit, TPUBusy, format_plan, plan_steps, topology_devices
+    from jaxpt.training.plan import DoesNotFit, format_plan, plan_steps, topology_devices
 
     config, unknown = parse_cli(rest)
-    if unknown:
-        raise SystemExit(f"jaxpt plan: unrecognised arguments {unknown}")
-    try:
-        devices = topology_devices(args.topology) if args.topology else None
-        tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
-        plans = plan_steps(config, devices, tokenizer)
-    except TPUBusy as e:
-        raise SystemExit(f"jaxpt plan: {e}") from None
-    except (ValueError, FileNotFoundError) as e:  # an unknown topology, a mesh that does not divide the devices
-        raise SystemExit(f"jaxpt plan: {e}") from None
+    _reject_extra("plan", unknown)
+    # An unknown topology, a busy libtpu or a mesh that does not divide the devices is a UserError (see main).
+    devices = topology_devices(args.topology) if args.topology else None
+    tokenizer = None if config.model.get("path") else tokenizer_from(config.tokenizer)
+    plans = plan_steps(config, devices, tokenizer)
     for plan in plans:
         if isinstance(plan, DoesNotFit):
             print(f"does NOT fit: {plan}")
@@ -126,12 +153,19 @@ def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxpt", description="JAX-native LLM post-training")
+    parser = _Parser(prog="jaxpt", description="JAX-native LLM post-training")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (or JAXPT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train with a config (sft, rm, dpo, …); --config.x.y=v overrides fields")
     p.add_argument("--workdir", required=True, help="run directory (never silently overwritten)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its checkpoint")
+    p.add_argument(
+        "--resume-step",
+        type=int,
+        default=None,
+        help="resume from exactly this checkpoint step (implies --resume; default: the newest that restores)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("convert", help="convert between a Hugging Face directory and an Orbax checkpoint")
@@ -176,7 +210,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="", help="TPU slice, e.g. v5e:4x4 (needs libtpu); default: this host")
     p.add_argument("--json", action="store_true", help="also print the plan as one JSON line")
     p.set_defaults(func=_cmd_plan)
+
+    for p in sub.choices.values():  # --debug also after the sub-command (SUPPRESS: absent, it keeps the global one)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _quiet_foreign_output() -> None:
+    """Normal runs print what jaxpt reports, not other libraries' advice and progress bars. Environment variables
+    reach a library before its import (a user's own setting wins); one already imported is told directly."""
+    for key, value in _FOREIGN_QUIET.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
+    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] != "0":
+        datasets = sys.modules["datasets"]
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Errors the message alone lets the user fix: jaxpt's ``UserError`` family, a command line argparse refused,
+    a path that is missing, in the way or not readable, a checkpoint that cannot be resumed from."""
+    from jaxpt.errors import UserError
+
+    kinds: tuple[type[BaseException], ...] = (UserError, _UsageError, FileNotFoundError, FileExistsError)
+    kinds += (NotADirectoryError, IsADirectoryError, PermissionError)
+    checkpoint = sys.modules.get("jaxpt.training.checkpoint")  # imported only by the commands that can raise it
+    if checkpoint is not None:
+        kinds += (checkpoint.CheckpointError,)
+    return isinstance(error, kinds)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:  # "[Errno 2] …" -> "PATH: No such file…"
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        return str(error.args[0])  # str(KeyError) quotes the message
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,10 +255,20 @@ def main(argv: list[str] | None = None) -> int:
         from jaxpt.utils.hugepages import reexec_with_hugepages
 
         reexec_with_hugepages()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("JAXPT_DEBUG", "") not in ("", "0")
+    _quiet_foreign_output()
     logging.basicConfig(level=os.environ.get("JAXPT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    args, rest = build_parser().parse_known_args(argv)
-    return args.func(args, rest)
+    prog = "jaxpt"
+    try:
+        args, rest = build_parser().parse_known_args(argv)
+        prog = f"jaxpt {args.command}"
+        return args.func(args, rest)
+    except Exception as e:
+        if debug or not _is_user_error(e):
+            raise
+        print(f"{getattr(e, 'prog', prog)}: {_message(e)}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

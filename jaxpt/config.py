@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from jaxpt.errors import UserError
+
 __all__ = [
     "CONFIG_FILENAME",
     "ConfigError",
@@ -44,7 +46,7 @@ _TRUE_WORDS = ("true", "1", "yes")
 _FALSE_WORDS = ("false", "0", "no")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, spec or override that cannot be used (the message says which and why)."""
 
 

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxpt.errors import UserError
+
 __all__ = [
     "BATCH_AXES",
     "DEFAULT_RULES",
@@ -87,17 +89,18 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[jax.Device] |
     n = len(devices)
     sizes = [int(data), int(fsdp), int(tensor)]
     desc = f"mesh (data={data}, fsdp={fsdp}, tensor={tensor})"
+    fix = f"set config.mesh.data * fsdp * tensor to {n} (one of them may be -1: the remaining devices)"
     if sizes.count(-1) > 1:
-        raise ValueError(f"{desc}: at most one axis size may be -1")
+        raise UserError(f"{desc}: at most one axis size may be -1")
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"{desc}: sizes must be positive or -1")
+        raise UserError(f"{desc}: sizes must be positive or -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n % known:
-            raise ValueError(f"{desc}: fixed sizes multiply to {known}, which does not divide {n} devices")
+            raise UserError(f"{desc}: fixed sizes multiply to {known}, which does not divide {n} devices; {fix}")
         sizes[sizes.index(-1)] = n // known
     if math.prod(sizes) != n:
-        raise ValueError(f"{desc}: sizes multiply to {math.prod(sizes)} but there are {n} devices")
+        raise UserError(f"{desc}: sizes multiply to {math.prod(sizes)} but there are {n} devices; {fix}")
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
 
@@ -111,9 +114,9 @@ def _normalize_axes(name: str, axes: Any) -> MeshAxes:
     if isinstance(axes, Sequence):
         axes = tuple(axes)
         if not all(isinstance(a, str) for a in axes):
-            raise ValueError(f"rule for {name!r}: mesh axes must be strings, got {axes!r}")
+            raise UserError(f"rule for {name!r}: mesh axes must be strings, got {axes!r}")
         return axes if axes else None
-    raise ValueError(f"rule for {name!r}: mesh axes must be None, a string or a list of strings: {axes!r}")
+    raise UserError(f"rule for {name!r}: mesh axes must be None, a string or a list of strings: {axes!r}")
 
 
 def normalize_rules(rules: Rules) -> tuple[tuple[str, MeshAxes], ...]:
@@ -121,10 +124,10 @@ def normalize_rules(rules: Rules) -> tuple[tuple[str, MeshAxes], ...]:
     out = []
     for rule in rules:
         if isinstance(rule, str) or len(rule) != 2:
-            raise ValueError(f"a sharding rule must be a (logical_name, mesh_axes) pair, got {rule!r}")
+            raise UserError(f"a sharding rule must be a (logical_name, mesh_axes) pair, got {rule!r}")
         name, axes = rule
         if not isinstance(name, str):
-            raise ValueError(f"a sharding rule's logical name must be a string, got {name!r}")
+            raise UserError(f"a sharding rule's logical name must be a string, got {name!r}")
         out.append((name, _normalize_axes(name, axes)))
     return tuple(out)
 

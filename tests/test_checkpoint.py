@@ -1,6 +1,7 @@
 """Checkpointer (Orbax) round trips, sharded restore, retention, corruption; workdir guard."""
 
 import json
+import logging
 import os
 
 import flax.linen as nn
@@ -196,6 +197,94 @@ def test_missing_and_corrupt_checkpoint(tmp_path):
         (tmp_path / "1" / "state" / "_METADATA").write_text("{not json")
         with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / '1'}"):
             ckpt.restore(1, _abstract(state))
+
+
+def _truncate_arrays(step_dir):
+    """Truncate every array data file of a step (a crash or a full disk mid-copy)."""
+    n = 0
+    for root, _, files in os.walk(step_dir / "state"):
+        if os.path.basename(root) == "d":
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+                n += 1
+    assert n
+    return n
+
+
+def _two_checkpoints(directory, state):
+    with Checkpointer(directory, save_every=4, keep=2, async_save=False) as ckpt:
+        ckpt.maybe_save(4, state, {"position": 4})
+        ckpt.maybe_save(8, state, {"position": 8})
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_resume_skips_a_corrupt_newest_checkpoint_and_keeps_it(tmp_path, caplog):
+    state = _state()
+    _two_checkpoints(tmp_path, state)
+    _truncate_arrays(tmp_path / "8")
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "8").rglob("*") if p.is_file()}
+    with Checkpointer(tmp_path, save_every=4, keep=2) as ckpt, caplog.at_level(logging.WARNING):
+        restored = ckpt.restore_for_resume(_abstract(state))
+        assert restored.step == 4 and restored.data_state == {"position": 4}
+        _assert_same(restored.state, state)
+        (aside,) = restored.set_aside
+        assert aside.step == 8 and aside.path.name.startswith("8.corrupt-") and "OUT_OF_RANGE" in aside.reason
+        # the warning names the step, its directory, where it is kept and the step resumed from
+        (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        message = record.getMessage()
+        assert f"step 8 ({tmp_path / '8'}) is corrupt" in message and str(aside.path) in message
+        assert "resuming from step 4" in message
+        # kept byte for byte, out of Orbax's sight: the resumed run saves step 8 again, retention ignores it
+        assert {p.name: p.stat().st_size for p in aside.path.rglob("*") if p.is_file()} == sizes
+        assert ckpt.all_steps() == [4]
+        assert ckpt.maybe_save(8, state, {"position": 8})
+        assert ckpt.maybe_save(12, state, {"position": 12})
+        ckpt.wait()
+        assert ckpt.all_steps() == [8, 12]
+        assert ckpt.restore(8, _abstract(state))[1] == {"position": 8}
+    assert sorted(os.listdir(tmp_path)) == ["12", "8", aside.path.name]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_resume_with_no_restorable_checkpoint_moves_nothing(tmp_path):
+    state = _state()
+    _two_checkpoints(tmp_path, state)
+    _truncate_arrays(tmp_path / "8")
+    (tmp_path / "4" / "state" / "_METADATA").write_text("{not json")
+    with Checkpointer(tmp_path, save_every=4, keep=2) as ckpt:
+        with pytest.raises(CheckpointError, match=r"restores \(nothing was moved or deleted\)") as info:
+            ckpt.restore_for_resume(_abstract(state))
+        assert ckpt.all_steps() == [4, 8]
+    assert "\n  step 8: " in str(info.value) and "\n  step 4: " in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["4", "8"]
+    with Checkpointer(tmp_path / "empty", save_every=4, keep=2) as ckpt:
+        with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+            ckpt.restore_for_resume(_abstract(state))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_resume_from_an_explicit_step(tmp_path, caplog):
+    state = _state()
+    _two_checkpoints(tmp_path, state)
+    with Checkpointer(tmp_path, save_every=4, keep=2) as ckpt:
+        with pytest.raises(CheckpointError, match=r"step 6: no checkpoint .*available steps: \[4, 8\]"):
+            ckpt.restore_for_resume(_abstract(state), step=6)
+        # a valid newer step is set aside too (the resumed run writes step 8 again), never deleted
+        with caplog.at_level(logging.WARNING):
+            restored = ckpt.restore_for_resume(_abstract(state), step=4)
+        assert restored.step == 4 and restored.data_state == {"position": 4}
+        (aside,) = restored.set_aside
+        assert aside.step == 8 and aside.path.name.startswith("8.superseded-")
+        assert "newer than the requested resume step 4" in caplog.text
+        assert ckpt.all_steps() == [4]
+    # an explicitly requested corrupt step is an error naming the others; nothing moves
+    _truncate_arrays(tmp_path / "4")
+    with Checkpointer(tmp_path, save_every=4, keep=2) as ckpt:
+        with pytest.raises(CheckpointError, match=r"step 4: checkpoint .* does not restore .*Other steps: none"):
+            ckpt.restore_for_resume(_abstract(state), step=4)
+    assert sorted(os.listdir(tmp_path)) == ["4", aside.path.name]
 
 
 def test_restore_with_a_different_structure_names_the_step(tmp_path):

@@ -15,6 +15,7 @@ from jaxpt.data.sft import (
     tokenize_example,
     unpacked_rows,
 )
+from jaxpt.errors import UserError
 
 ROWS = [{"prompt": f"{i}+1=", "completion": str(i + 1)} for i in range(6)]
 CONVERSATION = [
@@ -97,8 +98,14 @@ def test_load_records_errors(tmp_path):
     with pytest.raises(ValueError, match="save_to_disk"):
         load_records(str(tmp_path / "plain_dir"))
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(UserError, match="available"):
         load_records(str(tmp_path / "dd"), split="test")
+    (tmp_path / "blank.jsonl").write_text("\n  \n")  # datasets itself ends this in a bare StopIteration
+    with pytest.raises(UserError, match="blank.jsonl' is empty"):
+        load_records(str(tmp_path / "blank.jsonl"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(UserError, match="cannot read .*bad.jsonl' as json: JSON parse error"):
+        load_records(str(tmp_path / "bad.jsonl"), cache_dir=str(tmp_path / "cache"))
 
 
 def test_detect_format():

@@ -1,13 +1,19 @@
 """Evaluation metrics against hand-computed values and the reference libraries; reports and TensorBoard."""
 
+import importlib.util
 import json
+import unicodedata
+import warnings
 
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from jaxpt.errors import UserError
+from jaxpt.evaluation.evaluate import _reference_metrics, defaults, evaluate_params
 from jaxpt.evaluation.metrics import (
     METRICS,
+    MetricTokenizationWarning,
     bleu,
     chrf,
     classification_prf,
@@ -127,6 +133,76 @@ def test_rouge_matches_rouge_score(use_stemmer):
     per = [scorer.score_multi(rs, h) for h, rs in zip(HYPS, multi, strict=True)]
     for t in types:
         assert got[t] == pytest.approx(sum(s[t].fmeasure for s in per) / len(per))
+
+
+ZH_HYPS = ["猫坐在垫子上。", "今天天气很好", "我喜欢学习机器翻译，也喜欢数学"]
+ZH_REFS = ["猫坐在垫子上面。", "今天的天气很好", "我喜欢机器翻译，也喜欢数学"]
+
+
+class _Chars:
+    """An independent char tokenizer for rouge-score: lowercased characters, spaces / punctuation dropped."""
+
+    def tokenize(self, text):
+        return [c for c in text.lower() if not c.isspace() and unicodedata.category(c)[0] not in "PS"]
+
+
+def test_chinese_with_the_default_tokenizer_warns():
+    """13a (each metric's standard tokenisation) cannot split Chinese: the scores collapse, and each metric says so."""
+    with pytest.warns(MetricTokenizationWarning, match=r"bleu: tokenizer '13a' splits at spaces .* 'zh'"):
+        assert bleu(ZH_HYPS, ZH_REFS) == pytest.approx(sacrebleu.corpus_bleu(ZH_HYPS, [ZH_REFS]).score)
+    with pytest.warns(MetricTokenizationWarning, match="rouge: some texts with letters have no words under tokenizer"):
+        assert rouge(ZH_HYPS, ZH_REFS)["rouge1"] == 0.0
+    with pytest.warns(MetricTokenizationWarning, match="token_f1: tokenizer '13a' splits at spaces"):
+        token_f1(ZH_HYPS, ZH_REFS)
+    with warnings.catch_warnings():  # English under 13a, Chinese under zh / char: no warning
+        warnings.simplefilter("error", MetricTokenizationWarning)
+        compute_generation_metrics(HYPS, REFS, ["bleu", "rouge", "token_f1"])
+        compute_generation_metrics(["", "+", "12"], ["3", "=", "12"], ["bleu", "rouge", "token_f1"])
+        compute_generation_metrics(ZH_HYPS, ZH_REFS, ["bleu", "rouge", "token_f1"], tokenize="zh")
+        compute_generation_metrics(ZH_HYPS, ZH_REFS, ["bleu", "rouge", "token_f1"], tokenize="char")
+
+
+def test_chinese_with_a_tokenizer_matches_the_libraries():
+    zh = sacrebleu.corpus_bleu(ZH_HYPS, [ZH_REFS], tokenize="zh").score
+    assert zh > 0 and bleu(ZH_HYPS, ZH_REFS, tokenize="zh") == pytest.approx(zh)
+    char = sacrebleu.corpus_bleu(ZH_HYPS, [ZH_REFS], tokenize="char").score
+    assert compute_generation_metrics(ZH_HYPS, ZH_REFS, "bleu", tokenize="char")["bleu"] == pytest.approx(char)
+    # ROUGE: rouge-score itself, given characters; zh splits Chinese into characters too
+    types = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(types), tokenizer=_Chars())
+    per = [scorer.score(r, h) for h, r in zip(ZH_HYPS, ZH_REFS, strict=True)]
+    for tokenize in ("char", "zh"):
+        got = rouge(ZH_HYPS, ZH_REFS, types=types, tokenize=tokenize)
+        for t in types:
+            assert got[t] == pytest.approx(sum(s[t].fmeasure for s in per) / len(per)), (tokenize, t)
+            assert got[t] > 0
+    with pytest.raises(UserError, match="use_stemmer"):
+        rouge(ZH_HYPS, ZH_REFS, use_stemmer=True, tokenize="zh")
+    # token F1 by hand: 今天天气很好 vs 今天的天气很好 -> 6 common characters of 6 and 7: P=1, R=6/7, F1=12/13
+    for tokenize in ("char", "zh"):
+        assert token_f1(["今天天气很好"], ["今天的天气很好"], tokenize=tokenize) == pytest.approx(
+            {"precision": 1.0, "recall": 6 / 7, "f1": 12 / 13}
+        )
+    # the eval config field reaches all three (evaluate.defaults().generation.metrics_tokenizer)
+    assert defaults().generation.metrics_tokenizer == "13a"
+    out = _reference_metrics(ZH_HYPS, ZH_REFS, ["bleu", "rouge", "token_f1"], "zh")
+    assert out["bleu"] == pytest.approx(zh) and out["rouge1"] > 0 and out["token_f1"] > 0
+
+
+def test_metrics_tokenizer_choices():
+    with pytest.raises(UserError, match=r"metrics tokenizer 'jieba' is not one of 13a, intl, zh, ja-mecab"):
+        compute_generation_metrics(HYPS, REFS, "bleu", tokenize="jieba")
+    cfg = defaults()
+    cfg.generation.metrics_tokenizer = "zh-cn"
+    with pytest.raises(UserError, match="generation.metrics_tokenizer 'zh-cn'"):  # before any model or data is read
+        evaluate_params(None, None, None, cfg)
+    ja_hyps, ja_refs = ["猫がマットの上に座った"], ["猫はマットの上に座っていた"]
+    if importlib.util.find_spec("MeCab") is None or importlib.util.find_spec("ipadic") is None:
+        with pytest.raises(UserError, match=r'needs .*pip install "sacrebleu\[ja\]"'):
+            compute_generation_metrics(ja_hyps, ja_refs, "bleu", tokenize="ja-mecab")
+    else:
+        want = sacrebleu.corpus_bleu(ja_hyps, [ja_refs], tokenize="ja-mecab").score
+        assert bleu(ja_hyps, ja_refs, tokenize="ja-mecab") == pytest.approx(want)
 
 
 def test_compute_generation_metrics_dispatch():

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from jaxpt.models.config import ModelConfig
-from jaxpt.models.hf import WeightsError, iter_safetensors, load_hf, save_hf, write_safetensors
+from jaxpt.models.hf import (
+    WeightsError,
+    export_architectures,
+    iter_safetensors,
+    load_hf,
+    save_hf,
+    write_safetensors,
+)
 from tests.tiny_models import make_tiny_hf
 
 
@@ -47,6 +54,31 @@ def test_bf16_roundtrip(llama_dir, tmp_path):
     assert str(model.dtype) == "torch.bfloat16"
     _, params2 = load_hf(out)
     jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
+def test_export_keeps_the_source_architectures(tmp_path):
+    """GPT-2's transformers class is GPT2LMHeadModel (there is no GPT2ForCausalLM): an export names what the
+    source named, and a config without a usable name (scratch, GPT2Model, an old export) gets the real class."""
+    import transformers
+
+    src = str(tmp_path / "gpt2")
+    make_tiny_hf("gpt2", src)
+    assert json.load(open(os.path.join(src, "config.json")))["architectures"] == ["GPT2LMHeadModel"]
+    config, params = load_hf(src)
+    save_hf(config, params, str(tmp_path / "export"))
+    assert json.load(open(tmp_path / "export" / "config.json"))["architectures"] == ["GPT2LMHeadModel"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    # scratch (no architectures), a headless GPT2Model, an older jaxpt export: the family's real class
+    scratch = config.replace(hf_config=tuple(kv for kv in config.hf_config if kv[0] != "architectures"))
+    save_hf(scratch, params, str(tmp_path / "scratch"))
+    assert json.load(open(tmp_path / "scratch" / "config.json"))["architectures"] == ["GPT2LMHeadModel"]
+    for source in (None, ["GPT2Model"], ["GPT2ForCausalLM"]):
+        assert export_architectures("gpt2", source) == ["GPT2LMHeadModel"]
+    assert export_architectures("llama", None) == ["LlamaForCausalLM"]
+    assert export_architectures("qwen2", ["Qwen2ForCausalLM"]) == ["Qwen2ForCausalLM"]
+    assert export_architectures("gpt2", ["GPT2LMHeadModel"], head="score") == ["GPT2ForSequenceClassification"]
+    assert hasattr(transformers, "GPT2ForSequenceClassification") and not hasattr(transformers, "GPT2ForCausalLM")
 
 
 def test_export_refuses_to_overwrite(llama_dir, tmp_path):

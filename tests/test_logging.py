@@ -6,7 +6,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpt.training.logging import MetricsLogger
+from jaxpt.training.logging import MetricsLogger, rewind_metrics
 from jaxpt.utils.tensorboard import read_scalars
 
 
@@ -52,6 +52,32 @@ def test_resume_appends_and_nan_is_kept(tmp_path):
     lines = _lines(tmp_path / "metrics.jsonl")
     assert [line["step"] for line in lines] == [1, 2]
     assert math.isnan(lines[1]["train/loss"])
+
+
+def test_rewind_metrics_cuts_back_to_the_restored_step(tmp_path):
+    with MetricsLogger(tmp_path, total_steps=10, progress_bar=False) as logger:
+        logger.log(0, {"params": 10}, prefix="")
+        for step in range(1, 8):
+            logger.log(step, {"loss": 1.0 / step})
+        logger.log(4, {"loss": 0.5}, prefix="eval")
+    path = tmp_path / "metrics.jsonl"
+    before = path.read_text().splitlines(keepends=True)
+    with open(path, "a") as f:
+        f.write('{"step": 8, "train/lo')  # torn by a crash mid-write
+    assert rewind_metrics(tmp_path, 4) == 4  # steps 5, 6, 7 and the torn line
+    assert path.read_text() == "".join(line for line in before if json.loads(line)["step"] <= 4)  # kept verbatim
+    assert not list(tmp_path.glob("*.tmp"))
+    assert rewind_metrics(tmp_path, 7) == 0 and rewind_metrics(tmp_path / "none", 3) == 0
+    # a logger resumed from step 4 does the same cut itself, then logs the re-run steps: each (step, metric) once,
+    # in TensorBoard too (it drops the old events after step 4 at the restart marker)
+    with MetricsLogger(tmp_path, total_steps=10, progress_bar=False, resume_from=4) as logger:
+        for step in range(5, 8):
+            logger.log(step, {"loss": 2.0 / step})
+    lines = _lines(path)
+    assert [line["step"] for line in lines] == [0, 1, 2, 3, 4, 4, 5, 6, 7]
+    assert lines[-1]["train/loss"] == 2.0 / 7
+    losses = read_scalars(tmp_path / "tensorboard")["train/loss"]
+    np.testing.assert_allclose(losses, [(s, 1.0 / s) for s in range(1, 5)] + [(s, 2.0 / s) for s in range(5, 8)])
 
 
 def test_disabled_writes_nothing(tmp_path):

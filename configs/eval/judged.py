@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     c.generation.update(
         dict(
             metrics=("token_f1", "bleu", "chrf", "rouge"),
+            metrics_tokenizer="13a",  # how bleu / rouge / token_f1 split words: 'zh' Chinese, 'ja-mecab', 'char'
             verifier="",
             max_new_tokens=128,
             batch_size=16,

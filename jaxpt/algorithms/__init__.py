@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ml_collections import ConfigDict
 
 from jaxpt.config import ConfigError, with_defaults
+from jaxpt.errors import UserError
 from jaxpt.training.defaults import OPEN_FIELDS
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ ALGORITHMS = {
 
 def _module(name: str) -> ModuleType:
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
+        raise UserError(f"unknown algorithm {name!r}; available: {', '.join(sorted(ALGORITHMS))}")
     return importlib.import_module(ALGORITHMS[name])
 
 

@@ -53,6 +53,7 @@ from jaxpt.algorithms.common.preference import (
 from jaxpt.config import with_defaults
 from jaxpt.data.preference import Pair, PreferenceDataIterator, fixed_preference_batches
 from jaxpt.data.sft import batch_tokens
+from jaxpt.errors import UserError
 from jaxpt.losses.preference import DPO_LOSS_TYPES, dpo_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
@@ -88,7 +89,7 @@ def defaults() -> ConfigDict:
 # ------------------------------------------------------------------------------------------------ loss
 def loss_kwargs(dpo: ConfigDict) -> dict[str, Any]:
     if dpo.loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"dpo.loss_type={dpo.loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
+        raise UserError(f"dpo.loss_type={dpo.loss_type!r}; valid: {', '.join(DPO_LOSS_TYPES)}")
     return dict(
         loss_type=dpo.loss_type,
         beta=float(dpo.beta),
@@ -172,9 +173,7 @@ def reference_config(config: ConfigDict, dpo: ConfigDict, policy_config: ModelCo
         return policy_config
     ref_config = ModelConfig.from_hf(dpo.reference_path, **run_options(config.model))
     if ref_config.vocab_size != policy_config.vocab_size:
-        raise ValueError(
-            f"reference vocab_size {ref_config.vocab_size} != policy vocab_size {policy_config.vocab_size}"
-        )
+        raise UserError(f"reference vocab_size {ref_config.vocab_size} != policy vocab_size {policy_config.vocab_size}")
     return ref_config
 
 

@@ -50,6 +50,7 @@ from jaxpt.algorithms.common import rollout as rl
 from jaxpt.algorithms.common.policy import InitialPolicy
 from jaxpt.config import with_defaults
 from jaxpt.data.sft import batch_tokens
+from jaxpt.errors import UserError
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, grpo_loss
 from jaxpt.models.config import ModelConfig
@@ -81,11 +82,11 @@ def grpo_config(config: ConfigDict) -> ConfigDict:
     """``config.grpo`` with defaults, checked; an unknown field is an error naming it."""
     g = with_defaults(config.get("grpo"), defaults().grpo, "grpo")
     if g.loss_type not in LOSS_AGGREGATIONS:
-        raise ValueError(f"grpo.loss_type={g.loss_type!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
+        raise UserError(f"grpo.loss_type={g.loss_type!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
     if g.advantage not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"grpo.advantage={g.advantage!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
+        raise UserError(f"grpo.advantage={g.advantage!r}; valid: {', '.join(ADVANTAGE_ESTIMATORS)}")
     if g.num_generations < 2:
-        raise ValueError("grpo.num_generations must be >= 2 (advantages are relative to the group)")
+        raise UserError("grpo.num_generations must be >= 2 (advantages are relative to the group)")
     return g
 
 

@@ -49,6 +49,7 @@ from jaxpt.algorithms.common import rollout as rl
 from jaxpt.algorithms.common.policy import InitialPolicy
 from jaxpt.config import with_defaults
 from jaxpt.data.sft import batch_tokens
+from jaxpt.errors import UserError
 from jaxpt.losses.lm import masked_mean
 from jaxpt.losses.rl import (
     KL_ESTIMATORS,
@@ -100,7 +101,7 @@ def ppo_config(config: ConfigDict) -> ConfigDict:
     """``config.ppo`` with defaults, checked; an unknown field is an error naming it."""
     p = with_defaults(config.get("ppo"), defaults().ppo, "ppo")
     if p.kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"ppo.kl_estimator={p.kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
+        raise UserError(f"ppo.kl_estimator={p.kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
     return p
 
 
@@ -132,7 +133,7 @@ def value_model(config: ConfigDict, p: ConfigDict, policy_config: ModelConfig):
     model_dir = resolve_model_dir(p.value_model_path)
     value_config = ModelConfig.from_hf(model_dir, **run)
     if value_config.vocab_size != policy_config.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"value model vocab_size {value_config.vocab_size} != policy vocab_size {policy_config.vocab_size}"
         )
 

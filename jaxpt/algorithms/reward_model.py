@@ -45,6 +45,7 @@ from jaxpt.algorithms.common.preference import (
 )
 from jaxpt.data.preference import PreferenceDataIterator, fixed_preference_batches
 from jaxpt.data.sft import batch_tokens
+from jaxpt.errors import UserError
 from jaxpt.losses.preference import bradley_terry_loss
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
@@ -75,7 +76,7 @@ def detect_head(model_cfg: ConfigDict) -> str:
     head = model_cfg.head or "auto"
     if head != "auto":
         if head not in ("lm", "score"):
-            raise ValueError(f"model.head={head!r}; expected auto, lm or score")
+            raise UserError(f"model.head={head!r}; expected auto, lm or score")
         return head
     if not model_cfg.path:
         return "lm"

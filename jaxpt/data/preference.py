@@ -31,18 +31,22 @@ from transformers import PreTrainedTokenizerBase
 from jaxpt.data.iterators import EpochIterator
 from jaxpt.data.sft import Batch, load_records
 from jaxpt.data.tokenizer import encode_prompt_completion, is_messages
+from jaxpt.errors import UserError
 
 Pair = dict[str, np.ndarray]  # prompt_ids, chosen_ids, rejected_ids (int32)
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-def check_columns(columns: Sequence[str]) -> None:
-    """Fails with the found and expected columns unless all of prompt/chosen/rejected are present."""
+def check_columns(columns: Sequence[str], where: str = "") -> None:
+    """Fails with the found and expected columns unless all of prompt/chosen/rejected are present (``where``,
+    e.g. the file, starts the message)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise ValueError(
-            f"preference data needs columns {list(REQUIRED_COLUMNS)}; missing {missing}, found {sorted(columns)}"
+        prefix = f"{where}: " if where else ""
+        raise UserError(
+            f"{prefix}preference data needs columns {list(REQUIRED_COLUMNS)}; missing {missing}, "
+            f"found {sorted(columns)}"
         )
 
 
@@ -91,14 +95,14 @@ def tokenize_pair(
     where = f"row {index}" if index is not None else "example"
     check_columns(list(example))
     if max_prompt_length is not None and max_prompt_length >= max_length:
-        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length})")
+        raise UserError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length})")
     prompt = example["prompt"]
     completions = {}
     for key in ("chosen", "rejected"):
         if _is_empty(example[key]):
-            raise ValueError(f"{where}: empty '{key}' completion")
+            raise UserError(f"{where}: empty '{key}' completion")
     if not (is_messages(prompt) or isinstance(prompt, str)):
-        raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
+        raise UserError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
     for key in ("chosen", "rejected"):
         prompt_ids, completions[key] = encode_prompt_completion(tokenizer, prompt, example[key])
 
@@ -126,9 +130,10 @@ def build_preference_dataset(
 ) -> list[Pair]:
     """Loads (path, list of dicts or ``datasets.Dataset``) and tokenises preference pairs."""
     records = load_records(source, split, cache_dir) if isinstance(source, str | os.PathLike) else source
+    where = repr(os.fspath(source)) if isinstance(source, str | os.PathLike) else "<in memory>"
     if len(records) == 0:
-        raise ValueError("preference dataset is empty")
-    check_columns(records.column_names if hasattr(records, "column_names") else list(records[0]))
+        raise UserError(f"preference dataset {where} is empty")
+    check_columns(records.column_names if hasattr(records, "column_names") else list(records[0]), where)
     return [
         tokenize_pair(r, tokenizer, max_length, max_prompt_length, max_completion_length, index=i)
         for i, r in enumerate(records)

@@ -27,6 +27,7 @@ from jaxpt.data.tokenizer import (
     render_chat,
     special_prefix,
 )
+from jaxpt.errors import PathNotFound, UserError
 
 if TYPE_CHECKING:
     import datasets
@@ -64,38 +65,59 @@ def load_records(source: str, split: str = "train", cache_dir: str | None = None
 
     ``source`` is a JSON/JSONL/Parquet/CSV file or a glob of them (loaded with ``datasets.load_dataset``),
     or a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``split`` picks the
-    split of a ``DatasetDict``).
+    split of a ``DatasetDict``). A missing, empty or unreadable source is a :class:`UserError` naming the file
+    (``datasets`` itself ends an empty file in a bare ``StopIteration``).
     """
     import datasets
 
     source = os.fspath(source)
     if os.path.isdir(source):
         if not any(os.path.exists(os.path.join(source, f)) for f in ("state.json", "dataset_dict.json")):
-            raise ValueError(
+            raise UserError(
                 f"{source!r} is a directory but not one written by save_to_disk (no state.json or "
                 "dataset_dict.json); pass a data file or a glob such as 'dir/*.jsonl' instead"
             )
         loaded = datasets.load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise KeyError(f"split {split!r} not in {source!r}; available: {sorted(loaded)}")
+                raise UserError(f"split {split!r} not in {source!r}; available: {sorted(loaded)}")
             loaded = loaded[split]
         return loaded
     files = sorted(glob.glob(source)) if glob.has_magic(source) else ([source] if os.path.isfile(source) else [])
     if not files:
-        raise FileNotFoundError(f"no dataset found at {source!r} (expected a local file, glob or saved dataset)")
+        raise PathNotFound(
+            f"no dataset found at {source!r} (expected a local .jsonl/.json/.parquet/.csv file, a glob of them "
+            "or a save_to_disk directory)"
+        )
     exts = {os.path.splitext(f)[1].lower() for f in files}
     unknown = exts - set(_BUILDERS)
     if unknown or len({_BUILDERS[e] for e in exts}) != 1:
-        raise ValueError(
+        raise UserError(
             f"cannot load {source!r}: files must share one format among {sorted(_BUILDERS)}, found {sorted(exts)}"
         )
     builder = _BUILDERS[exts.pop()]
-    return datasets.load_dataset(builder, data_files={split: files}, split=split, cache_dir=cache_dir)
+    for f in files:
+        if builder != "parquet" and _is_blank(f):
+            raise UserError(f"data file {f!r} is empty; it needs at least one record")
+    try:
+        return datasets.load_dataset(builder, data_files={split: files}, split=split, cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as e:
+        reason = " ".join(str(e.__cause__ or e).split())
+        raise UserError(f"cannot read {source!r} as {builder}: {reason}") from e
 
 
-def detect_format(columns: Sequence[str]) -> Format:
-    """Which SFT format a dataset's columns hold; 'messages' wins over 'prompt'/'completion' over 'text'."""
+def _is_blank(path: str, chunk: int = 1 << 16) -> bool:
+    """Whether a text file holds nothing but whitespace (reads only up to its first other byte)."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            if block.strip():
+                return False
+    return True
+
+
+def detect_format(columns: Sequence[str], where: str = "") -> Format:
+    """Which SFT format a dataset's columns hold; 'messages' wins over 'prompt'/'completion' over 'text'.
+    ``where`` (e.g. the file) starts the error message, so it says which data lacks the columns."""
     cols = set(columns)
     if "messages" in cols:
         return "messages"
@@ -108,7 +130,8 @@ def detect_format(columns: Sequence[str]) -> Format:
         hint = " (this looks like preference data: use jaxpt.data.preference)"
     elif "prompt" in cols or "completion" in cols:
         hint = " ('prompt' and 'completion' must both be present)"
-    raise ValueError(f"unrecognised SFT data: found columns {sorted(cols)}, expected {_EXPECTED}{hint}")
+    prefix = f"{where}: " if where else ""
+    raise UserError(f"{prefix}unrecognised SFT data: found columns {sorted(cols)}, expected {_EXPECTED}{hint}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,9 +300,10 @@ def build_sft_dataset(
     """
     records = load_records(source, split, cache_dir) if isinstance(source, str | os.PathLike) else source
     columns = records.column_names if hasattr(records, "column_names") else (list(records[0]) if records else [])
+    where = repr(os.fspath(source)) if isinstance(source, str | os.PathLike) else "<in memory>"
     if len(records) == 0:
-        raise ValueError(f"dataset {source if isinstance(source, str) else '<in memory>'} is empty")
-    fmt = fmt or detect_format(columns)
+        raise UserError(f"dataset {where} is empty")
+    fmt = fmt or detect_format(columns, where)
     max_length = max_length or seq_len + 1
     examples, dropped = [], 0
     for record in records:
@@ -291,7 +315,10 @@ def build_sft_dataset(
     if dropped:
         log.warning("dropped %d of %d examples with no loss tokens after truncation", dropped, len(records))
     if not examples:
-        raise ValueError("no usable examples: every example has an empty loss mask (is max_length too small?)")
+        raise UserError(
+            f"no usable examples in {where}: every example has an empty loss mask after truncation to "
+            f"{max_length} tokens (raise data.seq_len)"
+        )
     return examples
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from jaxpt.errors import UserError
+
 Messages = list[dict[str, Any]]
 
 CHAR_SPECIAL_TOKENS = (
@@ -68,7 +70,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer at {path!r} has neither a pad nor an eos token")
+            raise UserError(f"tokenizer at {path!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

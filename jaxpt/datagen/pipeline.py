@@ -256,7 +256,7 @@ def _generate_stage(config: ConfigDict, prompts: list[Row], teacher: _Teacher, r
     def gen_batch(k: int) -> list[Row]:
         if not sampler:
             m = teacher()
-            sampling = sampling_from(sc, m.config, m.tokenizer)
+            sampling = sampling_from(sc, m.config, m.tokenizer, "sampling")
             sampler.append(
                 Sampler(
                     m.config,

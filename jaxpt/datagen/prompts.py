@@ -17,6 +17,7 @@ import numpy as np
 from jaxpt.data import tasks
 from jaxpt.data.sft import load_records
 from jaxpt.datagen.filters import ExactDedup, FilterReport, NearDedup, apply_filters
+from jaxpt.errors import UserError
 from jaxpt.rewards import VERIFIERS
 
 Row = dict[str, Any]
@@ -107,7 +108,7 @@ def generate_prompts(cfg: Mapping[str, Any], seed: int) -> list[Row]:
     skills = list(cfg["skills"])
     for s in skills:
         if s not in SKILLS:
-            raise ValueError(f"skill {s!r} cannot generate prompts; choose from {sorted(SKILLS)}")
+            raise UserError(f"skill {s!r} cannot generate prompts; choose from {sorted(SKILLS)}")
     levels = [int(x) for x in cfg["levels"]]
     p_skill = _weights(skills, cfg["skill_weights"])
     p_level_all = _weights(levels, cfg["level_weights"])
@@ -121,11 +122,11 @@ def generate_prompts(cfg: Mapping[str, Any], seed: int) -> list[Row]:
     while len(out) < n:
         attempts += 1
         if attempts > 100 * n + 1000:
-            raise ValueError(f"could only draw {len(out)} distinct prompts of {n}: widen skills/levels")
+            raise UserError(f"could only draw {len(out)} distinct prompts of {n}: widen skills/levels")
         skill = SKILLS[skills[int(rng.choice(len(skills), p=p_skill))]]
         allowed = [i for i, lv in enumerate(levels) if lv in skill.levels]
         if not allowed:
-            raise ValueError(f"skill {skill.name!r} has levels {skill.levels}; none in {levels}")
+            raise UserError(f"skill {skill.name!r} has levels {skill.levels}; none in {levels}")
         p = p_level_all[allowed] / p_level_all[allowed].sum()
         level = levels[allowed[int(rng.choice(len(allowed), p=p))]]
         prompt, reference = skill.make(rng, level)
@@ -146,7 +147,7 @@ def seed_prompts(cfg: Mapping[str, Any]) -> list[Row]:
     out = []
     for i, r in enumerate(rows[:n] if n else rows):
         if r.get("prompt") is None:
-            raise ValueError(f"seed file {cfg['seed_file']} row {i} has no 'prompt'")
+            raise UserError(f"seed file {cfg['seed_file']} row {i} has no 'prompt'")
         ref = next((r[k] for k in ("reference", "answer", "completion") if r.get(k) is not None), None)
         skill = r.get("skill")
         if not skill:

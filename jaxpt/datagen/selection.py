@@ -17,6 +17,7 @@ from jaxpt.datagen.filters import (
     ScoreFilter,
     VerifierFilter,
 )
+from jaxpt.errors import UserError
 
 Row = dict[str, Any]
 
@@ -47,7 +48,7 @@ def score_of(row: Row, source: str) -> float | None:
         return row.get("judge_score")
     if source == "logprob":
         return _mean_logprob(row)
-    raise ValueError(f"unknown score source {source!r}; choose from {SCORE_SOURCES}")
+    raise UserError(f"unknown score source {source!r}; choose from {SCORE_SOURCES}")
 
 
 class BestOfN:
@@ -161,11 +162,11 @@ def selection_filters(f: Mapping[str, Any], have: set[str]) -> list[Callable]:
         fs.append(VerifierFilter(accurate, name="accuracy"))
     if f["min_reward"] is not None:
         if "reward" not in have:
-            raise ValueError("filters.min_reward needs scoring.reward_model")
+            raise UserError("filters.min_reward needs scoring.reward_model")
         fs.append(ScoreFilter("rm_score", min_score=float(f["min_reward"]), name="reward_threshold"))
     if f["min_judge"] is not None:
         if "judge" not in have:
-            raise ValueError("filters.min_judge needs scoring.judge")
+            raise UserError("filters.min_judge needs scoring.judge")
         fs.append(ScoreFilter("judge_score", min_score=float(f["min_judge"]), name="judge_threshold"))
     return fs
 
@@ -181,9 +182,9 @@ def balance_filter(f: Mapping[str, Any], levels: Sequence[int], seed: int) -> Ca
     if mode == "proportions":
         props = list(f["proportions"])
         if len(props) != len(levels):
-            raise ValueError(f"filters.proportions {props} must give one weight per prompts.levels {list(levels)}")
+            raise UserError(f"filters.proportions {props} must give one weight per prompts.levels {list(levels)}")
         cap = int(f["max_per_level"] or 0) or None
         return ComplexityBalance(
             "difficulty", max_per_level=cap, proportions=dict(zip(levels, props, strict=True)), seed=seed
         )
-    raise ValueError(f"filters.balance must be none, equal, cap or proportions, got {mode!r}")
+    raise UserError(f"filters.balance must be none, equal, cap or proportions, got {mode!r}")

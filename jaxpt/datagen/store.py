@@ -17,6 +17,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxpt.config import config_to_dict
+from jaxpt.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,14 @@ def write_dataset(rows: list[Row], path_stem: str, fmt: str) -> str:
         ds.to_parquet(path + ".tmp")
         os.replace(path + ".tmp", path)
         return path
-    raise ValueError(f"output.format must be 'jsonl' or 'parquet', got {fmt!r}")
+    raise UserError(f"output.format must be 'jsonl' or 'parquet', got {fmt!r}")
 
 
 class Interrupted(RuntimeError):
     """Raised by :func:`run` when ``stop_after_batches`` is reached (as a preemption would stop it)."""
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(UserError):
     """The output directory holds a run of a different config (resuming would mix two datasets)."""
 
 

@@ -41,8 +41,9 @@ from ml_collections import ConfigDict
 from jaxpt.config import save_config, with_defaults
 from jaxpt.data.sft import build_sft_dataset, fixed_batches, load_records
 from jaxpt.data.tokenizer import is_messages
+from jaxpt.errors import UserError
 from jaxpt.evaluation.judge import RubricJudge, parse_judge_score, prompt_as_text, summarize_judge
-from jaxpt.evaluation.metrics import compute_generation_metrics, lm_metrics, win_rate
+from jaxpt.evaluation.metrics import check_metrics_tokenizer, compute_generation_metrics, lm_metrics, win_rate
 from jaxpt.evaluation.report import write_report
 from jaxpt.generation.frontend import Prompt, Sampler, sampling_from
 from jaxpt.models.config import ModelConfig
@@ -78,6 +79,9 @@ def defaults() -> ConfigDict:
         dict(
             enabled=True,
             metrics=(),  # any of jaxpt.evaluation.metrics.METRICS
+            # how bleu / rouge / token_f1 split words: 13a (each metric's standard; English-like text), zh, char,
+            # ja-mecab (pip install "sacrebleu[ja]"), intl, none (jaxpt.evaluation.metrics.METRIC_TOKENIZERS)
+            metrics_tokenizer="13a",
             verifier="",  # a jaxpt.rewards.VERIFIERS name ('arithmetic', 'exact', 'reverse', ...) or '' for none
             max_new_tokens=64,
             temperature=0.0,
@@ -182,11 +186,11 @@ def prompts_and_references(
         elif is_messages(r.get("messages")):
             msgs = list(r["messages"])
             if msgs[-1]["role"] != "assistant":
-                raise ValueError(f"row {i}: a messages example must end with the assistant turn to evaluate")
+                raise UserError(f"row {i}: a messages example must end with the assistant turn to evaluate")
             prompts.append(msgs[:-1])
             refs.append(str(msgs[-1]["content"]))
         else:
-            raise ValueError(f"row {i} has neither a {prompt_key!r} column nor 'messages'; columns: {sorted(r)}")
+            raise UserError(f"row {i} has neither a {prompt_key!r} column nor 'messages'; columns: {sorted(r)}")
     return prompts, refs
 
 
@@ -226,9 +230,10 @@ def evaluate_params(
     Returns a flat ``{metric: float}`` dict (plus the per-example samples when ``return_samples``).
     """
     cfg = with_defaults(eval_cfg, defaults())
+    check_metrics_tokenizer(cfg.generation.metrics_tokenizer, "generation.metrics_tokenizer")  # before any work
     records = list(records) if records is not None else load_eval_records(cfg.data)
     if not records:
-        raise ValueError("the eval set is empty")
+        raise UserError("the eval set is empty")
     model = LoadedModel(config, params, tokenizer, "self")
     metrics: dict[str, float] = {"num_examples": float(len(records))}
     samples: list[dict[str, Any]] = []
@@ -259,7 +264,7 @@ def generation_metrics(
     sampler = Sampler(
         model.config,
         model.tokenizer,
-        sampling_from(gen, model.config, model.tokenizer),
+        sampling_from(gen, model.config, model.tokenizer, "generation"),
         max_prompt_len=gen.max_prompt_length,
         chat=cfg.data.chat,
         batch_size=gen.batch_size,
@@ -273,7 +278,7 @@ def generation_metrics(
     metrics: dict[str, float] = {}
     names = [n for n in gen.metrics if n]
     if names:
-        metrics.update(_reference_metrics(preds, list(refs), names))
+        metrics.update(_reference_metrics(preds, list(refs), names, gen.metrics_tokenizer))
     if gen.verifier:
         for s in samples:
             s["correct"] = verify(gen.verifier, s["prompt"], s["prediction"], _first_ref(s["reference"]))
@@ -331,12 +336,14 @@ def judge_metrics(
     return summarize_judge(scores)
 
 
-def _reference_metrics(preds: list[str], refs: list[str | list[str]], names: Sequence[str]) -> dict[str, float]:
+def _reference_metrics(
+    preds: list[str], refs: list[str | list[str]], names: Sequence[str], tokenize: str = "13a"
+) -> dict[str, float]:
     # sacrebleu / rouge need non-empty references; examples without one are skipped (and counted).
     keep = [i for i, r in enumerate(refs) if (r if isinstance(r, str) else any(r))]
     if not keep:
         return {}
-    out = compute_generation_metrics([preds[i] for i in keep], [refs[i] for i in keep], list(names))
+    out = compute_generation_metrics([preds[i] for i in keep], [refs[i] for i in keep], list(names), tokenize)
     if len(keep) < len(refs):
         out["examples_without_reference"] = float(len(refs) - len(keep))
     return out

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxpt.errors import UserError
 from jaxpt.generation.frontend import Prompt, Sampler, sampling_config
 from jaxpt.models.loaded import LoadedModel
 
@@ -170,7 +171,7 @@ class RubricJudge:
         rubric = {**RUBRIC, **(rubric or {})}
         missing = [c for c in criteria if c not in rubric]
         if missing:
-            raise ValueError(f"no rubric text for criteria {missing}; known: {sorted(rubric)}")
+            raise UserError(f"no rubric text for criteria {missing}; known: {sorted(rubric)}")
         self.model, self.criteria, self.rubric = model, tuple(criteria), rubric
         self.template = template or JUDGE_TEMPLATE
         self.low, self.high = low, high

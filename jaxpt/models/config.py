@@ -7,9 +7,15 @@ only way architecture facts enter jaxpt, and ``to_hf`` writes them back for expo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 import os
 from typing import Any
+
+from jaxpt.errors import PathNotFound, UserError
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "offload")
@@ -57,17 +63,46 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise UserError(
                 f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads={self.num_kv_heads}"
             )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+            raise UserError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
+            raise UserError(f"attention={self.attention!r}; expected one of {ATTENTION_BACKENDS}")
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return _thaw(self.rope_scaling) if self.rope_scaling else None
+
+    @property
+    def position_limit(self) -> int:
+        """Positions the model was trained for: ``max_position_embeddings`` (GPT-2's ``n_positions``), or, for
+        RoPE, as far as its scaling stretches them (``original_max_position_embeddings * factor``)."""
+        limit = self.max_position_embeddings
+        scaling = self.rope_scaling_dict
+        if self.position_type == "rope" and scaling and scaling.get("factor"):
+            base = scaling.get("original_max_position_embeddings") or self.max_position_embeddings
+            limit = max(limit, int(base * float(scaling["factor"])))
+        return limit
+
+    def check_positions(self, needed: int, what: str, fix: str) -> None:
+        """``needed`` positions (``0 .. needed - 1``) past :attr:`position_limit`: an error for learned position
+        embeddings (there is no embedding to look up: XLA's gather returns NaN), a warning for RoPE (it
+        extrapolates, with quality that usually degrades). ``what`` says what needs them, ``fix`` how to fit."""
+        limit = self.position_limit
+        if needed <= limit:
+            return
+        if self.position_type == "learned":
+            raise UserError(
+                f"{what} needs {needed} positions, but this {self.model_type} model has {limit} learned position "
+                f"embeddings (n_positions={limit}); {fix}"
+            )
+        scaled = " with its rope scaling" if self.rope_scaling else ""
+        _warn_once(
+            f"{what} needs {needed} positions, past the {limit} this {self.model_type} model covers{scaled} "
+            f"(max_position_embeddings={self.max_position_embeddings}); RoPE extrapolates, quality may drop"
+        )
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -99,19 +134,24 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any] | str | os.PathLike, **overrides: Any) -> ModelConfig:
         """Builds a config from a ``config.json`` dict, file or model directory."""
+        where = ""
         if not isinstance(hf, dict):
             path = os.fspath(hf)
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
             if not os.path.exists(path):
-                raise FileNotFoundError(f"no config.json at {path}")
+                raise PathNotFound(f"no config.json at {path} (expected a Hugging Face model directory)")
             with open(path) as f:
-                hf = json.load(f)
+                try:
+                    hf = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} is not valid JSON: {e}") from e
+            where = f"{path}: "
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             archs = hf.get("architectures")
-            raise ValueError(
-                f"unsupported architecture: model_type={model_type!r} (architectures={archs}); "
+            raise UserError(
+                f"{where}unsupported architecture: model_type={model_type!r} (architectures={archs}); "
                 f"jaxpt supports {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         common = dict(
@@ -125,9 +165,9 @@ class ModelConfig:
         if model_type == "gpt2":
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
                 if hf.get(flag):
-                    raise ValueError(f"unsupported GPT-2 option {flag}=True")
+                    raise UserError(f"unsupported GPT-2 option {flag}=True")
             if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-                raise ValueError(f"unsupported GPT-2 activation {hf.get('activation_function')!r}")
+                raise UserError(f"unsupported GPT-2 activation {hf.get('activation_function')!r}")
             e, h = hf["n_embd"], hf["n_head"]
             kw = dict(
                 vocab_size=hf["vocab_size"],
@@ -149,7 +189,7 @@ class ModelConfig:
             )
         else:
             if hf.get("hidden_act", "silu") != "silu":
-                raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r} for {model_type}")
+                raise UserError(f"unsupported hidden_act {hf.get('hidden_act')!r} for {model_type}")
             h = hf["num_attention_heads"]
             rope = _rope_parameters(hf)
             attention_bias = hf.get("attention_bias", False)
@@ -157,7 +197,7 @@ class ModelConfig:
             if model_type == "mistral":
                 window = hf.get("sliding_window")
             elif model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
-                raise ValueError(f"{model_type} with use_sliding_window=True is not supported")
+                raise UserError(f"{model_type} with use_sliding_window=True is not supported")
             kw = dict(
                 vocab_size=hf["vocab_size"],
                 hidden_size=hf["hidden_size"],
@@ -210,9 +250,9 @@ def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
     params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
     params.setdefault("rope_type", "default")
     if params["rope_type"] not in ("default", "linear", "llama3"):
-        raise ValueError(f"unsupported rope_type {params['rope_type']!r}; jaxpt supports default, linear, llama3")
+        raise UserError(f"unsupported rope_type {params['rope_type']!r}; jaxpt supports default, linear, llama3")
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported")
+        raise UserError("partial_rotary_factor != 1 is not supported")
     return params
 
 
@@ -226,3 +266,8 @@ def _freeze(d: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def _thaw(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return {k: json.loads(v) for k, v in items}
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxpt.errors import UserError
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import abstract_params
 from jaxpt.models.reward import abstract_reward_params
@@ -42,9 +43,13 @@ _DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 _ARCH_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gpt2": "GPT2"}
+# transformers' causal-LM class per family (GPT-2's is the odd one out); used when the source config names none.
+_CAUSAL_LM_CLASS = {t: f"{p}ForCausalLM" for t, p in _ARCH_PREFIX.items()} | {"gpt2": "GPT2LMHeadModel"}
+# Names older jaxpt exports wrote that transformers has no class for.
+_INVALID_ARCHITECTURES = frozenset({"GPT2ForCausalLM"})
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A checkpoint does not match the architecture its config describes."""
 
 
@@ -372,6 +377,19 @@ def _stack_layers(config: ModelConfig, flat: dict[tuple[str, ...], Any]) -> None
         flat[sp] = jnp.stack(leaves) if isinstance(leaves[0], jax.Array) else np.stack(leaves)
 
 
+def export_architectures(model_type: str, source: Any, head: str = "lm") -> list[str]:
+    """The ``architectures`` of an exported config.json: the source model's own names when they fit ``head``
+    (a fine-tune exports as what it was loaded as), else transformers' class for the family (``GPT2LMHeadModel``,
+    ``LlamaForCausalLM``, ``*ForSequenceClassification``), so ``from_pretrained`` builds the right model."""
+    suffixes = ("ForSequenceClassification",) if head == "score" else ("ForCausalLM", "LMHeadModel")
+    names = list(source) if isinstance(source, list | tuple) else []
+    if names and all(isinstance(n, str) and n.endswith(suffixes) and n not in _INVALID_ARCHITECTURES for n in names):
+        return names
+    if head == "score":
+        return [f"{_ARCH_PREFIX[model_type]}ForSequenceClassification"]
+    return [_CAUSAL_LM_CLASS[model_type]]
+
+
 def save_hf(
     config: ModelConfig,
     params: dict[str, Any],
@@ -436,14 +454,11 @@ def save_hf(
 
     hf = config.to_hf()
     hf["torch_dtype"] = hf["dtype"] = str(jnp.dtype(out_dtype).name)
+    hf["architectures"] = export_architectures(config.model_type, hf.get("architectures"), head)
     if head == "score":
-        base = "GPT2" if config.model_type == "gpt2" else _ARCH_PREFIX[config.model_type]
-        hf["architectures"] = [f"{base}ForSequenceClassification"]
         hf["num_labels"] = 1
         hf.pop("id2label", None)
         hf.pop("label2id", None)
-    else:
-        hf["architectures"] = [f"{_ARCH_PREFIX[config.model_type]}ForCausalLM"]
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
     if tokenizer is not None:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from jaxpt.data.tokenizer import load_tokenizer
+from jaxpt.errors import UserError
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.hf import load_hf
 from jaxpt.models.orbax_io import load_any, load_orbax
@@ -37,5 +38,5 @@ def load_reward_model(path: str, tokenizer_path: str = "") -> LoadedModel:
     else:
         config, params, tok_dir = load_orbax(path)
         if "score" not in params:
-            raise ValueError(f"{path} holds a causal LM, not a reward model (no 'score' head in its params)")
+            raise UserError(f"{path} holds a causal LM, not a reward model (no 'score' head in its params)")
     return LoadedModel(config, params, load_tokenizer(tokenizer_path or tok_dir), os.fspath(path))

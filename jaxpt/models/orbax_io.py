@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxpt.errors import PathNotFound
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.hf import load_hf, save_hf
 
@@ -55,7 +56,7 @@ def hf_to_orbax(hf_dir: str, out_dir: str, scan_layers: bool = False) -> None:
 def _latest_step(ckpt_dir: str) -> int:
     steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
     if not steps:
-        raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
+        raise PathNotFound(f"no checkpoints in {ckpt_dir} (the run saved none yet)")
     return steps[-1]
 
 
@@ -74,7 +75,10 @@ def load_orbax(src: str, step: int | None = None) -> tuple[ModelConfig, Any, str
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(src, "params"))
     else:
-        raise FileNotFoundError(f"{src} is neither an Orbax params dir (params/) nor a run (checkpoints/)")
+        raise PathNotFound(
+            f"{src} is neither a Hugging Face model dir (*.safetensors), an Orbax params dir (params/) nor a run "
+            "(checkpoints/)"
+        )
     scan = "layers" in params
     config = ModelConfig.from_hf(model_dir, scan_layers=scan)
     params = _to_numpy(params)
@@ -106,6 +110,12 @@ def _leaves(tree: Any):
 
 def load_any(path: str) -> tuple[ModelConfig, Any, str]:
     """A HF directory, an Orbax params dir or a run workdir, as (config, params, tokenizer dir)."""
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise PathNotFound(
+            f"model directory {path!r} {what} (expected a Hugging Face model dir, an Orbax params dir or a run's "
+            "workdir)"
+        )
     if any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in os.listdir(path)):
         config, params = load_hf(path)
         return config, params, path

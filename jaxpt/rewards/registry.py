@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxpt.data.tasks import parse_answer, solve
+from jaxpt.errors import UserError
 from jaxpt.rewards.verifiers import VERIFIERS, prompt_text, verify
 
 
@@ -98,7 +99,7 @@ def reward_factory(kind: str) -> Callable[..., RewardFn]:
     if kind in VERIFIERS:
         return verifier_reward(kind)
     known = sorted({*REWARD_KINDS, *VERIFIERS})
-    raise ValueError(f"unknown reward kind {kind!r}; available: {', '.join(known)}")
+    raise UserError(f"unknown reward kind {kind!r}; available: {', '.join(known)}")
 
 
 # ------------------------------------------------------------------------------------ verifiable rewards
@@ -139,7 +140,7 @@ def format_reward(
     strip: bool = True,
 ) -> RewardFn:
     if mode not in ("fullmatch", "match", "search"):
-        raise ValueError(f"format reward: mode={mode!r}; expected fullmatch, match or search")
+        raise UserError(f"format reward: mode={mode!r}; expected fullmatch, match or search")
     regex = re.compile(pattern, re.DOTALL)
     test = getattr(regex, mode)
 
@@ -156,7 +157,7 @@ def format_reward(
 def python_reward(fn: str) -> RewardFn:
     module_name, _, attr = fn.partition(":")
     if not attr:
-        raise ValueError(f"python reward: fn={fn!r} must look like 'package.module:function'")
+        raise UserError(f"python reward: fn={fn!r} must look like 'package.module:function'")
     target = getattr(importlib.import_module(module_name), attr)
     takes_finished = "finished" in inspect.signature(target).parameters
 
@@ -196,7 +197,7 @@ def build_rewards(
 ) -> WeightedReward:
     """``config.rewards`` -> :class:`WeightedReward`. Each spec: ``{kind, weight=1, name=kind, **options}``."""
     if not specs:
-        raise ValueError("config.rewards is empty: an online RL run needs at least one reward")
+        raise UserError("config.rewards is empty: an online RL run needs at least one reward")
     names, weights, fns = [], [], []
     for spec in specs:
         spec = dict(spec)
@@ -211,7 +212,7 @@ def build_rewards(
         unknown = sorted(set(spec) - set(params))
         if unknown:
             known = sorted(p for p in params if p not in _BUILD_TIME)
-            raise ValueError(f"reward {name!r} ({kind}): unknown options {unknown}; known: {known}")
+            raise UserError(f"reward {name!r} ({kind}): unknown options {unknown}; known: {known}")
         extra = {k: v for k, v in (("tokenizer", tokenizer), ("mesh", mesh), ("rules", rules)) if k in params}
         names.append(name)
         weights.append(weight)

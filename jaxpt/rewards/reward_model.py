@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxpt.data.preference import encode_scored
 from jaxpt.data.tokenizer import load_tokenizer
+from jaxpt.errors import UserError
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.hf import load_hf
 from jaxpt.models.reward import ScalarHeadModel, abstract_reward_params
@@ -83,7 +84,7 @@ class RewardModelScorer:
         if os.path.exists(os.path.join(path, "tokenizer_config.json")):
             tokenizer = load_tokenizer(path)
         if tokenizer is None:
-            raise ValueError(f"reward model {path!r} has no tokenizer files and none was given")
+            raise UserError(f"reward model {path!r} has no tokenizer files and none was given")
         run = {"dtype": dtype} if dtype else {}
         config = ModelConfig.from_hf(path, **run)
         shardings = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from jaxpt.data import tasks
 from jaxpt.data.tokenizer import is_messages
+from jaxpt.errors import UserError
 
 Check = Callable[[str, str, Any], bool]
 VERIFIERS: dict[str, Check] = {}
@@ -81,5 +82,5 @@ def verify(name: str, prompt: Any, completion: str, reference: Any = None) -> bo
     """Whether ``completion`` answers ``prompt`` correctly by verifier ``name`` (chat prompts: the last user
     turn is the prompt)."""
     if name not in VERIFIERS:
-        raise ValueError(f"unknown verifier {name!r}; known: {sorted(VERIFIERS)}")
+        raise UserError(f"unknown verifier {name!r}; known: {sorted(VERIFIERS)}")
     return bool(VERIFIERS[name](prompt_text(prompt), completion, reference))

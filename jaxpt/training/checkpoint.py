@@ -10,12 +10,20 @@ checkpoints **or** among the ``keep_best`` best by ``best_metric`` — Orbax's `
 ``LatestN`` and ``BestN``, in one directory. So at most ``keep + keep_best`` checkpoints exist; a
 checkpoint saved without that metric (e.g. not an eval step) is only kept while it is recent; the best ones
 survive any number of later saves, and ranks persist across restarts (Orbax stores the metrics per step).
+
+Resume (``restore_for_resume``) takes the newest checkpoint that restores. A newer one that does not (a crash or a
+full disk mid-write) is renamed ``<step>.corrupt-<time>``: kept for inspection, never deleted, and out of Orbax's
+sight so the resumed run can write that step number again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-__all__ = ["CheckpointError", "Checkpointer"]
+__all__ = ["CheckpointError", "Checkpointer", "Restored", "SetAside"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,52 @@ logging.getLogger("absl").addFilter(_DropNoMetricsWarning())
 
 class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be restored (corrupt, partial, or a different state layout)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAside:
+    """A step directory moved out of the way of a resumed run (kept, never deleted)."""
+
+    step: int
+    path: Path  # where it is now: ``<dir>/<step>.corrupt-<time>`` or ``<dir>/<step>.superseded-<time>``
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What ``restore_for_resume`` restored, and which newer step directories it set aside."""
+
+    step: int
+    state: Any
+    data_state: dict[str, Any]
+    set_aside: tuple[SetAside, ...] = ()
+
+
+def _drop_closed_loop_noise() -> None:
+    """After a failed read, tensorstore's other in-flight reads complete into Orbax's already closed event loop
+    and each prints an "Event loop is closed" traceback (dozens of lines that bury the real message): drop just
+    those, pass everything else to the previous hook. Idempotent; installed before the first restore, since the
+    callbacks can fire before the failure reaches us."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxpt_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._jaxpt_drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _reason(error: CheckpointError) -> str:
+    """The underlying read error in one short line (tensorstore messages run to many lines)."""
+    cause = error.__cause__
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:399] + "…"
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -188,6 +242,87 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------------------------- restoring
 
+    def restore_for_resume(self, abstract_state: Any, step: int | None = None) -> Restored:
+        """Restore the newest checkpoint that restores (or exactly ``step``) for a run to continue from it.
+
+        Newer checkpoints that fail are renamed ``<step>.corrupt-<time>`` with a warning naming them: kept, but
+        out of Orbax's sight, since the resumed run will save those step numbers again. With ``step``, only that
+        checkpoint is tried and valid newer ones are renamed ``<step>.superseded-<time>`` for the same reason.
+        Raises ``CheckpointError`` (naming every step tried and why it failed, or the available steps) when there
+        is nothing to resume from; nothing is moved then.
+        """
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        if step is not None:
+            step = int(step)
+            if step not in steps:
+                raise CheckpointError(
+                    f"cannot resume from step {step}: no checkpoint {self.step_dir(step)} "
+                    f"(available steps: {steps or 'none'})"
+                )
+            try:
+                state, data_state = self.restore(step, abstract_state)
+            except CheckpointError as e:
+                others = [s for s in steps if s != step]
+                raise CheckpointError(
+                    f"cannot resume from step {step}: checkpoint {self.step_dir(step)} does not restore "
+                    f"({_reason(e)}); it was left as it is. Other steps: {others or 'none'} (pass one to "
+                    "--resume-step, or leave --resume-step out to resume from the newest one that restores)"
+                ) from e
+            newer = [s for s in steps if s > step]
+            moved = [SetAside(s, self._set_aside(s, "superseded"), f"newer than resume step {step}") for s in newer]
+            for m in moved:
+                log.warning(
+                    "checkpoint: step %d is newer than the requested resume step %d; kept it as %s so the run can "
+                    "save step %d again",
+                    m.step,
+                    step,
+                    m.path,
+                    m.step,
+                )
+            return Restored(step, state, data_state, tuple(moved))
+
+        failures: list[tuple[int, CheckpointError]] = []
+        for candidate in reversed(steps):
+            try:
+                state, data_state = self.restore(candidate, abstract_state)
+            except CheckpointError as e:
+                failures.append((candidate, e))
+                continue
+            moved = [SetAside(s, self._set_aside(s, "corrupt"), _reason(e)) for s, e in failures]
+            for m in moved:
+                log.warning(
+                    "checkpoint: step %d (%s) is corrupt or unreadable (%s); kept it as %s and resuming from "
+                    "step %d, the newest checkpoint that restores",
+                    m.step,
+                    self.step_dir(m.step),
+                    m.reason,
+                    m.path,
+                    candidate,
+                )
+            return Restored(candidate, state, data_state, tuple(moved))
+        if not failures:
+            raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
+        tried = "\n".join(f"  step {s}: {_reason(e)}" for s, e in failures)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} restores (nothing was moved or deleted):\n{tried}\n"
+            "if every step fails the same way, the state layout probably changed (a different model, optimizer or "
+            "trainable mask): resume with the original config, or start a new workdir"
+        )
+
+    def _set_aside(self, step: int, kind: str) -> Path:
+        """Rename ``<dir>/<step>`` to ``<dir>/<step>.<kind>-<time>`` (Orbax lists integer names only)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dst, n = self.directory / f"{step}.{kind}-{stamp}", 1
+        while dst.exists():
+            dst, n = self.directory / f"{step}.{kind}-{stamp}-{n}", n + 1
+        if jax.process_index() == 0:
+            os.replace(self.step_dir(step), dst)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes(f"jaxpt_checkpoint_set_aside_{step}")
+        self._manager.reload()
+        return dst
+
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restore ``(state, data_state)`` at ``step`` (None: latest) onto ``abstract_state``'s layout.
 
@@ -210,6 +345,7 @@ class Checkpointer:
             abstract_state,
         )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        _drop_closed_loop_noise()
         try:
             restored = self._manager.restore(step, args=args)
             state, data_state = restored["state"], restored["data"]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from jaxpt.training.workdir import METRICS_FILENAME, TENSORBOARD_SUBDIR
 from jaxpt.utils.tensorboard import SummaryWriter
 
-__all__ = ["MetricsLogger"]
+__all__ = ["MetricsLogger", "rewind_metrics"]
 
 
 def _scalar(value: Any) -> float | None:
@@ -44,6 +44,38 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
+def rewind_metrics(workdir: str | os.PathLike, step: int) -> int:
+    """Drop the ``metrics.jsonl`` lines of steps after ``step``; returns how many were dropped.
+
+    A resumed run re-runs the steps after its checkpoint and logs them again: without this they would appear
+    twice. A torn last line (a crash mid-write) is dropped too; other lines are kept byte for byte. The file is
+    rewritten atomically (temp file + ``os.replace``).
+    """
+    path = Path(workdir) / METRICS_FILENAME
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue  # torn by a crash mid-write
+            kept.append(line)
+            continue
+        row_step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(row_step, int | float) and row_step > step:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    dropped = len(lines) - len(kept)
+    if kept != lines:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsLogger:
     """Writes ``workdir/tensorboard/``, ``workdir/metrics.jsonl`` and drives a tqdm bar.
 
@@ -52,9 +84,9 @@ class MetricsLogger:
     Each jsonl line is ``{"step": int, "time": unix_seconds, "<prefix>/<name>": value, ...}``; numeric
     scalars are floats (NaN/inf written as Python's json does, ``NaN``/``Infinity``), anything else
     JSON-able is kept as is (jsonl only, not TensorBoard), and the rest is stored as its ``repr`` — a
-    strange metric never crashes a run. The file is appended to, so a resumed run continues it (steps
-    between the last checkpoint and the interruption then appear twice; the later line is the one that
-    counts).
+    strange metric never crashes a run. The file is appended to, so a resumed run continues it: with
+    ``resume_from=N`` it is first cut back to step N (``rewind_metrics``) and TensorBoard is told to drop events
+    after N, since those steps run again (-1: the run starts over).
 
     ``advance(n)`` moves the bar by n steps (call it per step; once with the restored step on resume).
     """
@@ -67,6 +99,7 @@ class MetricsLogger:
         *,
         progress_bar: bool = True,
         tb_flush_secs: int = 30,
+        resume_from: int | None = None,
     ):
         self.workdir = Path(workdir)
         self.total_steps = int(total_steps)
@@ -78,6 +111,9 @@ class MetricsLogger:
         if enabled:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(self.workdir / TENSORBOARD_SUBDIR, flush_secs=tb_flush_secs)
+            if resume_from is not None:
+                rewind_metrics(self.workdir, resume_from)
+                self._writer.session_start(resume_from + 1)
             self._jsonl = open(self.workdir / METRICS_FILENAME, "a", encoding="utf-8")
         self._bar = tqdm(
             total=self.total_steps,

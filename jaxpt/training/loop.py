@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 from jaxpt.algorithms import get_algorithm, resolve_config
 from jaxpt.config import load_config
 from jaxpt.data.tokenizer import build_char_tokenizer, load_tokenizer
+from jaxpt.errors import UserError
 from jaxpt.evaluation.evaluate import evaluate_params
 from jaxpt.models.factory import model_config_from
 from jaxpt.models.orbax_io import write_model_dir
@@ -32,13 +33,14 @@ from jaxpt.sharding import (
     shard_batch,
     unbox,
 )
-from jaxpt.training.checkpoint import Checkpointer
+from jaxpt.training.checkpoint import Checkpointer, CheckpointError
+from jaxpt.training.checks import check_data, check_lengths
 from jaxpt.training.logging import MetricsLogger
 from jaxpt.training.optimizer import make_optimizer
 from jaxpt.training.state import abstract_state, create_state, state_shardings
 from jaxpt.training.step import jit_train_step, make_train_step
 from jaxpt.training.trainable import count_params, mask_from_config
-from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, prepare_workdir
+from jaxpt.training.workdir import RESUME_ALLOWED_FIELDS, checkpoint_dir, prepare_workdir
 from jaxpt.utils.flops import measure_matmul_peak, train_flops_per_token
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def tokenizer_from(cfg: ConfigDict, model_path: str = ""):
         return load_tokenizer(model_path)  # a model directory ships its own tokenizer
     if cfg.get("builtin") == "char":
         return build_char_tokenizer()
-    raise ValueError("config.tokenizer needs a path or builtin='char'")
+    raise UserError("config.tokenizer needs a path or builtin='char' (--config.tokenizer.path=DIR)")
 
 
 def evaluate(eval_step, params, batches, mesh, frozen, summarize) -> dict[str, float]:
@@ -66,15 +68,30 @@ def evaluate(eval_step, params, batches, mesh, frozen, summarize) -> dict[str, f
     return summarize(totals) if totals else {}
 
 
-def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+def train(
+    config: ConfigDict,
+    workdir: str,
+    resume: bool = False,
+    stop_after: int | None = None,
+    resume_step: int | None = None,
+) -> dict[str, Any]:
     """Runs ``config`` in ``workdir``; returns {"eval_before", "eval_after", "final_step", "export_dir", "state"}.
 
     ``stop_after`` ends this invocation after that many loop steps, checkpointing first, as a preemption
     would (tests use it to check that a resumed run continues exactly). ``config`` is read through its
     algorithm's ``defaults()`` first: an unknown field fails here, before the workdir is touched.
+
+    ``resume`` continues from the newest checkpoint that restores (a corrupt newer one is kept, renamed and
+    skipped with a warning: ``Checkpointer.restore_for_resume``); ``resume_step`` (implies ``resume``) from
+    exactly that step. ``metrics.jsonl`` is then cut back to the restored step, since the steps after it run again.
     """
     config = resolve_config(config)
-    prepare_workdir(workdir, config, resume, allowed=RESUME_ALLOWED_FIELDS + _RESUME_ALLOWED)
+    if resume_step is not None:
+        resume = True
+        ckpt_dir = checkpoint_dir(workdir)
+        if not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir())):
+            raise CheckpointError(f"cannot resume from step {resume_step}: {workdir} has no checkpoints")
+    check_data(config)  # the inputs are checked before the workdir is touched: a fixed command then just works
     m = config.mesh
     mesh = make_mesh(m.data, m.fsdp, m.tensor)
     rules = normalize_rules(m.rules)
@@ -86,6 +103,8 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
         )
     tokenizer = tokenizer_from(config.tokenizer, model_path)
     model_config = model_config_from(config.model, tokenizer)
+    check_lengths(config, model_config)
+    prepare_workdir(workdir, config, resume, allowed=RESUME_ALLOWED_FIELDS + _RESUME_ALLOWED)
     if not os.path.exists(os.path.join(workdir, "model", "config.json")):
         write_model_dir(model_config, os.path.join(workdir, "model"), tokenizer)  # for convert / generate
     build = get_algorithm(config.algorithm)
@@ -114,22 +133,27 @@ def train(config: ConfigDict, workdir: str, resume: bool = False, stop_after: in
             async_save=True,
         )
         start = 0
-        if resume and ckpt.latest_step() is not None:
+        if resume and (resume_step is not None or ckpt.latest_step() is not None):
             target = abstract_state(shardings, parts.abstract_params, tx)
-            state, data_state = ckpt.restore(None, target)
+            restored = ckpt.restore_for_resume(target, resume_step)
+            state, data_state = restored.state, restored.data_state
             parts.train_iter.set_state(data_state["iterator"])
-            start = int(data_state["loop_step"])
+            start = resume_from = int(data_state["loop_step"])
+            print(f"resumed from step {start}", flush=True)
             log.info("resumed from step %d", start)
         else:
+            resume_from = -1 if resume else None  # no checkpoint yet: the run starts over, its old logs go
             state = create_state(parts.init_params(shardings.params), tx, shardings, config.seed)
         frozen = parts.frozen(state.params) if parts.frozen else None
         # Optional `jaxpt eval` config run every N steps on the trained decoder (configs/eval/*.py).
         hook_cfg = load_config(config.eval_hook.config) if config.eval_hook.config else None
         hook_every = int(config.eval_hook.every) if hook_cfg else 0
 
-        logger = MetricsLogger(workdir, total_steps, enabled=True)
+        # resume_from: metrics.jsonl is cut back to that step, TensorBoard drops later events (they run again)
+        logger = MetricsLogger(workdir, total_steps, enabled=True, resume_from=resume_from)
         logger.advance(start)
-        logger.log(start, {"trainable_params": n_trainable, "total_params": n_params}, prefix="")
+        if start == 0:  # a resumed run keeps the original run's line
+            logger.log(0, {"trainable_params": n_trainable, "total_params": n_params}, prefix="")
         result: dict[str, Any] = {}
         if parts.eval_batches and start == 0:
             result["eval_before"] = evaluate(jit_eval, state.params, parts.eval_batches, mesh, frozen, parts.summarize)

@@ -31,6 +31,7 @@ from ml_collections import ConfigDict
 
 from jaxpt.algorithms import resolve_config, step_spec
 from jaxpt.algorithms.base import Program
+from jaxpt.errors import UserError
 from jaxpt.models.attention import compiling_for
 from jaxpt.models.factory import model_config_from
 from jaxpt.sharding import MESH_AXES, batch_sharding, make_mesh, normalize_rules, param_shardings, replicated, unbox
@@ -100,7 +101,7 @@ class DoesNotFit(ValueError):
     """XLA found the step too large for the devices' memory while compiling it."""
 
 
-class TPUBusy(RuntimeError):
+class TPUBusy(UserError, RuntimeError):
     """Another process holds libtpu (one libtpu process at a time per host: its lockfile)."""
 
 
@@ -116,7 +117,7 @@ def topology_devices(topology: str) -> list[Any]:
                 f"libtpu is in use by another process (its lockfile /tmp/libtpu_lockfile): one libtpu process at "
                 f"a time per host; wait for the other `jaxpt plan` (or TPU job) to finish, then retry ({e})"
             ) from e
-        raise ValueError(
+        raise UserError(
             f"cannot describe TPU topology {topology!r}: {e}. Names look like 'v5e:4x4' or 'v4:2x2x2'; "
             "compiling for TPUs needs libtpu (pip install 'jaxpt[tpu]')"
         ) from e

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from jaxpt.errors import UserError
 from jaxpt.sharding import batch_sharding, replicated
 from jaxpt.training.state import TrainState
 from jaxpt.training.trainable import merge, partition
@@ -32,7 +33,7 @@ def split_micro_batches(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Ar
 
     def split(x):
         if x.shape[0] % n:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={n}")
+            raise UserError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={n}")
         return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(split, batch)

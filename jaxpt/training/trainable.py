@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import optax
 
+from jaxpt.errors import UserError
+
 __all__ = ["count_params", "mask_from_config", "merge", "param_paths", "partition", "trainable_mask"]
 
 Mask = Any  # a tree of bools in the params' structure (or, from an algorithm, a prefix of it)
@@ -52,13 +54,13 @@ def _size(leaf: Any) -> int:
 
 def _compile(name: str, patterns: Sequence[str]) -> list[re.Pattern]:
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"train.{name} must be a list of regexes, got {patterns!r}")
+        raise UserError(f"train.{name} must be a list of regexes, got {patterns!r}")
     out = []
     for p in patterns:
         try:
             out.append(re.compile(p))
         except re.error as e:
-            raise ValueError(f"train.{name}: {p!r} is not a regular expression ({e})") from None
+            raise UserError(f"train.{name}: {p!r} is not a regular expression ({e})") from None
     return out
 
 
@@ -108,7 +110,7 @@ def trainable_mask(
         for i in range(len(paths))
     ]
     if not any(mask):
-        raise ValueError(f"no parameter trains with train.trainable={tuple(trainable)}, train.frozen={tuple(frozen)}")
+        raise UserError(f"no parameter trains with train.trainable={tuple(trainable)}, train.frozen={tuple(frozen)}")
     return treedef.unflatten(mask)
 
 

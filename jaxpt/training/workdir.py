@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from jaxpt.config import CONFIG_FILENAME, config_to_dict, flatten_dict, save_config
+from jaxpt.errors import UserError
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
@@ -54,7 +55,7 @@ RESUME_ALLOWED_FIELDS: tuple[str, ...] = (
 )
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(UserError, RuntimeError):
     """The workdir cannot be used as asked (existing run without --resume, or a config mismatch)."""
 
 

@@ -38,6 +38,14 @@ class SummaryWriter:
         )
         self._add(summary, step)
 
+    def session_start(self, step: int) -> None:
+        """Mark a restart at ``step``: TensorBoard then drops this run's earlier events at steps >= ``step``
+        (a resumed run logs those steps again; ``SessionLog.START`` is how TensorFlow marks a restart)."""
+        event = event_pb2.Event(
+            wall_time=time.time(), step=int(step), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        )
+        self._writer.add_event(event)
+
     def _add(self, summary: summary_pb2.Summary, step: int | None) -> None:
         event = event_pb2.Event(wall_time=time.time(), step=int(step or 0), summary=summary)
         self._writer.add_event(event)

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 from jaxpt.data.preference import ROW_PREFIX, Pair, build_preference_dataset, build_shared_prompt_batch
 from jaxpt.data.sft import load_records
 from jaxpt.data.tokenizer import load_tokenizer
+from jaxpt.errors import UserError
 from jaxpt.models.config import ModelConfig
 
 
@@ -45,7 +46,7 @@ def preference_tokenizer(config: ConfigDict, tokenizer: Any, model_config: Model
     if not config.tokenizer.path and has_tokenizer(config.model.path):
         tokenizer = load_tokenizer(config.model.path)
     if len(tokenizer) > model_config.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model_config.vocab_size}; "
             "set --config.tokenizer.path to the model's tokenizer"
         )
@@ -110,7 +111,7 @@ def check_batch_layout(config: ConfigDict) -> None:
     if b % n:
         # Strided micro-batches keep pair i's chosen (row i) and rejected (row B + i) rows together only if
         # B is a multiple of the number of micro-batches.
-        raise ValueError(f"train.batch_size ({b} pairs) must be divisible by train.grad_accum_steps ({n})")
+        raise UserError(f"train.batch_size ({b} pairs) must be divisible by train.grad_accum_steps ({n})")
 
 
 def planned_pair_batch(config: ConfigDict) -> tuple[dict[str, np.ndarray], str]:

@@ -25,9 +25,10 @@ from jaxpt.algorithms.base import Program
 from jaxpt.config import with_defaults
 from jaxpt.data.iterators import EpochIterator
 from jaxpt.data.sft import build_sft_dataset, fixed_batches, load_records
+from jaxpt.errors import UserError
 from jaxpt.evaluation.metrics import lm_metrics
 from jaxpt.generation.frontend import Sampler, sampling_config
-from jaxpt.generation.sampler import SamplingConfig, generate
+from jaxpt.generation.sampler import SamplingConfig, check_sampling, generate
 from jaxpt.models.config import ModelConfig
 from jaxpt.models.decoder import init_cache
 from jaxpt.models.logprobs import batch_logprobs
@@ -72,20 +73,33 @@ def _rollout_defaults() -> ConfigDict:
 def rollout_config(config: ConfigDict) -> ConfigDict:
     """``config.rollout`` with defaults, checked; an unknown field is an error naming it."""
     r = with_defaults(config.get("rollout"), _rollout_defaults(), "rollout")
+    check_sampling(
+        {k: r[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p")}, label=lambda f: f"rollout.{f}"
+    )
     if r.temperature <= 0:
-        raise ValueError("rollout.temperature must be > 0 for RL (log-probs are of logits / temperature)")
+        raise UserError(f"rollout.temperature={r.temperature}: must be > 0 for RL (log-probs are of logits / it)")
+    if r.max_prompt_len < 1:
+        raise UserError(f"rollout.max_prompt_len={r.max_prompt_len}: must be >= 1")
     if r.old_logprobs not in ("sampler", "recompute"):
-        raise ValueError(f"rollout.old_logprobs={r.old_logprobs!r}; expected 'sampler' or 'recompute'")
+        raise UserError(f"rollout.old_logprobs={r.old_logprobs!r}; expected 'sampler' or 'recompute'")
     return r
 
 
 def load_prompt_records(source: str, prompt_key: str) -> list[dict[str, Any]]:
     records = [dict(r) for r in load_records(source)]
     if not records:
-        raise ValueError(f"no prompts in {source!r}")
-    if prompt_key not in records[0]:
-        raise ValueError(f"{source!r}: records have no {prompt_key!r} field (found {sorted(records[0])})")
+        raise UserError(f"no prompts in {source!r}")
+    check_prompt_column(list(records[0]), prompt_key, repr(source))
     return records
+
+
+def check_prompt_column(columns: Sequence[str], prompt_key: str, where: str) -> None:
+    """Prompt records must have ``data.prompt_key``; the error names the file, the key and what it has."""
+    if prompt_key not in columns:
+        raise UserError(
+            f"{where}: records have no {prompt_key!r} column (found {sorted(columns)}); "
+            "set --config.data.prompt_key to the column holding the prompts"
+        )
 
 
 class PromptIterator(EpochIterator):
@@ -375,7 +389,7 @@ def _group_minibatches(rows: dict[str, np.ndarray], size: int, epochs: int, seed
     prompts, n = len(rows["prompt_tokens"]), len(rows["completion_tokens"])
     group = n // prompts
     if size % group:
-        raise ValueError(f"mini-batch of {size} rows does not hold whole groups of {group}")
+        raise UserError(f"mini-batch of {size} rows does not hold whole groups of {group}")
     per_batch = size // group
     out = []
     for epoch in range(epochs):
@@ -417,9 +431,9 @@ def rollout_timings(t0: float, t1: float, t2: float, t3: float) -> dict[str, flo
 
 def check_rows(rows: int, mini: int, shards: int, what: str) -> None:
     if rows % mini:
-        raise ValueError(f"{what}: {rows} rollout rows are not divisible by mini_batch_size={mini}")
+        raise UserError(f"{what}: {rows} rollout rows are not divisible by mini_batch_size={mini}")
     if mini % shards:
-        raise ValueError(f"{what}: mini_batch_size={mini} is not divisible by the data*fsdp mesh size {shards}")
+        raise UserError(f"{what}: mini_batch_size={mini} is not divisible by the data*fsdp mesh size {shards}")
 
 
 def prompt_iterator(config: ConfigDict, engine: RolloutEngine) -> PromptIterator:
