@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpt.models import attention as attention_module
 from jaxpt.models.attention import (
     AttentionError,
     _causal_blocks,
@@ -27,9 +28,15 @@ def test_causal_block_counts():
     assert [_causal_blocks(t) for t in (1, 64, 127, 128, 192, 256, 512, 4096)] == [1, 1, 1, 2, 3, 4, 8, 8]
 
 
-@pytest.mark.parametrize("t, s, keys_transposed", [(256, 256, False), (128, 256, False), (128, 256, True)])
-def test_causal_blocks_equal_full_attention(t, s, keys_transposed):
-    """Queries in the last ``t`` of ``s`` slots, a causal mask with left padding and two packed segments."""
+@pytest.mark.parametrize(
+    "t, s, keys_transposed, remat",
+    [(256, 256, False, False), (128, 256, False, False), (128, 256, True, False), (256, 256, False, True)],
+)
+def test_causal_blocks_equal_full_attention(t, s, keys_transposed, remat, monkeypatch):
+    """Queries in the last ``t`` of ``s`` slots, a causal mask with left padding and two packed segments;
+    ``remat``: the long-sequence path (``REMAT_BLOCKS_FROM``), whose backward pass is written by hand."""
+    monkeypatch.setattr(attention_module, "REMAT_BLOCKS_FROM", 128 if remat else 10**9)
+    monkeypatch.setattr(attention_module, "REMAT_BLOCK", 64)
     b, h, kv, d = 2, 4, 2, 16
     kq, kk, kv_, kw = jax.random.split(jax.random.key(0), 4)
     q = jax.random.normal(kq, (b, t, h, d))
@@ -55,6 +62,26 @@ def test_causal_blocks_equal_full_attention(t, s, keys_transposed):
     g_blocked = jax.grad(loss, argnums=(0, 1, 2))(q, keys, v, True)
     for a, c in zip(g_blocked, g_full, strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_rematerialised_blocks_keep_one_blocks_scores_alive(monkeypatch):
+    """The gradient of a long causal row: on the recomputing path XLA's temporaries shrink (one block's float32
+    scores and probabilities at a time instead of all eight blocks')."""
+    b, t, h, d = 1, 1024, 8, 16
+    q = jax.ShapeDtypeStruct((b, t, h, d), jnp.float32)
+    k = jax.ShapeDtypeStruct((b, h, t, d), jnp.float32)
+    mask = jax.ShapeDtypeStruct((b, t, t), jnp.bool_)
+
+    def temp_bytes(threshold):
+        monkeypatch.setattr(attention_module, "REMAT_BLOCKS_FROM", threshold)
+        monkeypatch.setattr(attention_module, "REMAT_BLOCK", 128)
+        loss = lambda q, k, v, m: jnp.sum(dot_product_attention(q, k, v, m, d**-0.5, causal=True))  # noqa: E731
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k, mask).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    kept, remat = temp_bytes(10**9), temp_bytes(128)
+    scores = b * h * t * t * 4  # one full float32 score matrix
+    assert remat < kept / 2 and remat < scores, (kept, remat)
 
 
 def _packed_rows(b: int, t: int) -> np.ndarray:

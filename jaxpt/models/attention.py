@@ -32,6 +32,12 @@ from jaxpt.models.config import ATTENTION_BACKENDS
 Array = jax.Array
 
 SPLASH_BLOCK = 128  # the kernel's lane width: sequence lengths must be a multiple of it
+# From this many queries on, the XLA path's causal blocks recompute their probabilities in the backward pass,
+# one block at a time, instead of keeping every block's float32 scores and probabilities alive at once (GiBs a
+# layer for one 8192-token Llama-3.1-8B row). Shorter rows (CPU training, tests) keep autodiff's residuals:
+# no recompute.
+REMAT_BLOCKS_FROM = 2048
+REMAT_BLOCK = 512  # queries per block there
 
 _INTERPRET = [False]
 _TARGET: list[str | None] = [None]  # the platform programs are compiled for, when not this host's (jaxpt plan)
@@ -107,7 +113,9 @@ def dot_product_attention(
     fill the last ``T`` of the ``S`` slots, or fewer when the cache is longer). Runs of 128+ queries are then
     cut into up to 8 blocks of at least 64 queries, each against only the key slots it can see: 4 blocks of a
     256-token sequence do 5/8 of the score and softmax work (the rest was masked out anyway); ~4% of the
-    bench-small SFT step, measured.
+    bench-small SFT step, measured. From ``REMAT_BLOCKS_FROM`` queries on (training rows), blocks of
+    ``REMAT_BLOCK`` queries go through :func:`_recomputed_causal_attention`, whose backward pass recomputes one
+    block's probabilities at a time instead of keeping every block's (autodiff's residuals).
 
     The query groups of a KV head are folded into one matmul row block, so both products are plain batched
     matmuls over (batch, kv_head). The KV cache keeps keys transposed: then ``q @ k`` needs no packing of
@@ -116,6 +124,8 @@ def dot_product_attention(
     """
     b, t, h, d = q.shape
     kv_heads, s = v.shape[1], v.shape[2]
+    if causal and not keys_transposed and t >= REMAT_BLOCKS_FROM and t % REMAT_BLOCK == 0:
+        return _recomputed_causal_attention(q, k, v, mask, scale, REMAT_BLOCK)
     n_blocks = _causal_blocks(t) if causal else 1
     if n_blocks > 1:
         size, outs = t // n_blocks, []
@@ -126,15 +136,82 @@ def dot_product_attention(
                 dot_product_attention(q[:, rows], k_i, v[:, :, :end], mask[:, rows, :end], scale, keys_transposed)
             )
         return jnp.concatenate(outs, axis=1)
-    g = h // kv_heads
-    q = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, d)
+    probs = _probs(_fold(q, kv_heads), k, mask, scale, keys_transposed)
+    return _unfold(jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), v), t)
+
+
+def _fold(x: Array, kv_heads: int) -> Array:
+    """[B, T, H, D] -> [B, K, G*T, D]: a KV head's query groups as one matmul row block."""
+    b, t, h, d = x.shape
+    return x.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, d)
+
+
+def _unfold(x: Array, t: int) -> Array:
+    """[B, K, G*T, D] -> [B, T, H, D] (the inverse of :func:`_fold`)."""
+    b, kv_heads, _, d = x.shape
+    return x.reshape(b, kv_heads, -1, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, -1, d)
+
+
+def _probs(q: Array, k: Array, mask: Array, scale: float, keys_transposed: bool = False) -> Array:
+    """Float32 softmax probabilities [B, K, G*T, S] of folded queries q [B, K, G*T, D] over the keys."""
+    b, kv_heads, gt, _ = q.shape
+    t = mask.shape[1]
     spec = "bkqd,bkds->bkqs" if keys_transposed else "bkqd,bksd->bkqs"
     scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * scale
-    scores = scores.reshape(b, kv_heads, g, t, s)
+    scores = scores.reshape(b, kv_heads, gt // t, t, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
-    return out.reshape(b, kv_heads, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return jax.nn.softmax(scores, axis=-1).reshape(b, kv_heads, gt, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _recomputed_causal_attention(q: Array, k: Array, v: Array, mask: Array, scale: float, size: int) -> Array:
+    """Causal attention in query blocks of ``size``, each against the key slots it can see, whose backward pass
+    recomputes one block's probabilities at a time (flash attention's memory order, in plain XLA ops): only
+    q, k, v, the mask and the output are kept from the forward pass. Same values and gradients as autodiff."""
+    return _recomputed_forward(q, k, v, mask, scale, size)[0]
+
+
+def _recomputed_forward(q, k, v, mask, scale, size):
+    t, s, kv_heads = q.shape[1], k.shape[2], k.shape[1]
+    outs = []
+    for i in range(t // size):
+        rows, end = slice(i * size, (i + 1) * size), s - t + (i + 1) * size
+        probs = _probs(_fold(q[:, rows], kv_heads), k[:, :, :end], mask[:, rows, :end], scale)
+        outs.append(_unfold(jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), v[:, :, :end]), size))
+    return jnp.concatenate(outs, axis=1), (q, k, v, mask)
+
+
+def _after(xs: tuple[Array, ...], deps: tuple[Array, ...]) -> tuple[Array, ...]:
+    """``xs`` unchanged, but computed from ``deps``: ops reading them wait for ``deps``. A data dependency (adding
+    0 times one element of each), since XLA:CPU drops ``optimization_barrier`` before scheduling; XLA does not
+    fold ``x * 0`` for floats, and the cost is one scalar per array."""
+    zero = sum(jnp.ravel(d)[0].astype(jnp.float32) for d in deps) * 0.0
+    return tuple(x + zero.astype(x.dtype) for x in xs)
+
+
+def _recomputed_backward(scale, size, residuals, d_out):
+    q, k, v, mask = residuals
+    t, s, kv_heads = q.shape[1], k.shape[2], k.shape[1]
+    dk, dv, dqs = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32), []
+    for i in reversed(range(t // size)):
+        rows, end = slice(i * size, (i + 1) * size), s - t + (i + 1) * size
+        # one block after the other: without the dependency XLA may schedule every block's scores at once
+        q_i, do_i = _after((q[:, rows], d_out[:, rows]), (dk, dv, *dqs[-1:]))
+        q_f, do_f, k_i, v_i = _fold(q_i, kv_heads), _fold(do_i, kv_heads), k[:, :, :end], v[:, :, :end]
+        probs = _probs(q_f, k_i, mask[:, rows, :end], scale)
+        d_probs = jnp.einsum("bkqd,bksd->bkqs", do_f, v_i, preferred_element_type=jnp.float32)
+        d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * scale
+        d_scores = d_scores.astype(q.dtype)
+        dqs.append(_unfold(jnp.einsum("bkqs,bksd->bkqd", d_scores, k_i, preferred_element_type=jnp.float32), size))
+        dk = dk.at[:, :, :end].add(jnp.einsum("bkqs,bkqd->bksd", d_scores, q_f, preferred_element_type=jnp.float32))
+        dv = dv.at[:, :, :end].add(
+            jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), do_f, preferred_element_type=jnp.float32)
+        )
+    dq = jnp.concatenate(dqs[::-1], axis=1)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_recomputed_causal_attention.defvjp(_recomputed_forward, _recomputed_backward)
 
 
 def splash_attention(
