@@ -13,6 +13,7 @@ iteration, and the share of the iteration spent in generation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -28,76 +29,89 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 B, P, N, G = 8, 128, 128, 8
 
 
-def _setup(algorithm: str, mesh, rules):
+def char_alphabet(size: int) -> str:
+    """``size`` distinct characters from U+4E00 up (surrogates skipped): a character tokenizer for any vocabulary
+    size, so every sampled id decodes (bench-small's 8184 are all CJK ideographs)."""
+    chars = (chr(c) for c in range(0x4E00, 0x110000) if not 0xD800 <= c < 0xE000)
+    return "".join(itertools.islice(chars, size))
+
+
+def rl_config(algorithm: str, scratch: dict | None = None, shape: tuple[int, int, int, int] = (B, P, N, G), **model):
+    """``(resolved config, tokenizer)`` of an RL benchmark run: ``scratch`` (an HF config.json dict with its
+    ``vocab_size``; default bench-small), ``shape`` = (prompts, prompt tokens, new tokens, G) and ``model``
+    overrides of ``config.model`` (dtype, remat, ...). The prompts are random characters, written to a JSONL file."""
     from ml_collections import ConfigDict
 
-    from jaxpt.algorithms import get_algorithm, resolve_config
+    from jaxpt.algorithms import resolve_config
     from jaxpt.data.tokenizer import CHAR_SPECIAL_TOKENS, build_char_tokenizer
-    from jaxpt.models.factory import model_config_from
-    from jaxpt.sharding import batch_sharding, replicated
     from jaxpt.training.defaults import mesh_config, model_config, optimizer_config, train_config
-    from jaxpt.training.optimizer import make_optimizer
-    from jaxpt.training.state import create_state, state_shardings
-    from jaxpt.training.step import make_train_step
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench import BENCH_SMALL
 
-    vocab = BENCH_SMALL["vocab_size"]
-    alphabet = "".join(chr(0x4E00 + i) for i in range(vocab - len(CHAR_SPECIAL_TOKENS)))
+    scratch = dict(scratch or BENCH_SMALL)
+    vocab = scratch.pop("vocab_size")
+    b, p, n, g = shape
+    alphabet = char_alphabet(vocab - len(CHAR_SPECIAL_TOKENS))
     tokenizer = build_char_tokenizer(alphabet=alphabet)
     assert len(tokenizer) == vocab
     rng = np.random.default_rng(0)
     data = os.path.join(tempfile.mkdtemp(), "prompts.jsonl")
-    with open(data, "w") as f:  # BOS + 127 characters = 128 prompt tokens
-        for _ in range(64):
-            f.write(json.dumps({"prompt": "".join(rng.choice(list(alphabet), P - 1))}) + "\n")
+    with open(data, "w") as f:  # BOS + p - 1 characters = p prompt tokens
+        for _ in range(max(64, b)):
+            f.write(json.dumps({"prompt": "".join(rng.choice(list(alphabet[:8184]), p - 1))}) + "\n")
 
     c = ConfigDict()
     c.algorithm = algorithm
     c.seed = 0
     c.tokenizer = ConfigDict(dict(path="", builtin="char"))
-    scratch = {k: v for k, v in BENCH_SMALL.items() if k != "vocab_size"}
     c.model = model_config(scratch=ConfigDict(scratch))
-    c.data = ConfigDict(dict(train=data, eval="", prompt_key="prompt", chat=False, seq_len=P + N))
-    c.rollout = ConfigDict(dict(max_prompt_len=P, max_new_tokens=N, temperature=1.0))
+    c.model.update(model)
+    c.data = ConfigDict(dict(train=data, eval="", prompt_key="prompt", chat=False, seq_len=p + n))
+    c.rollout = ConfigDict(dict(max_prompt_len=p, max_new_tokens=n, temperature=1.0))
     c.rewards = [dict(kind="format", pattern=r"[\u4e00-\u4fff]", mode="search", require_eos=False)]
     if algorithm == "grpo":
-        c.grpo = ConfigDict(dict(num_generations=G, mini_batch_size=0, num_iterations=1, beta=0.04))
+        c.grpo = ConfigDict(dict(num_generations=g, mini_batch_size=0, num_iterations=1, beta=0.04))
     else:
         c.ppo = ConfigDict(dict(samples_per_prompt=1, mini_batch_size=0, epochs=1))
-    c.train = train_config(steps=100, batch_size=B)
+    c.train = train_config(steps=100, batch_size=b)
     c.optimizer = optimizer_config(lr=1e-5)
     c.mesh = mesh_config()
+    return resolve_config(c), tokenizer
 
-    c = resolve_config(c)
+
+def _setup(algorithm: str, mesh, rules, c, tokenizer):
+    """The algorithm's parts, its jitted train step, a fresh state and the frozen inputs, as the loop builds them
+    (``c``, ``tokenizer``: from ``rl_config``)."""
+    from jaxpt.algorithms import get_algorithm
+    from jaxpt.models.factory import model_config_from
+    from jaxpt.training.optimizer import make_optimizer
+    from jaxpt.training.state import create_state, state_shardings
+    from jaxpt.training.step import jit_train_step, make_train_step
+
     model_config = model_config_from(c.model, tokenizer)
     parts = get_algorithm(algorithm)(c, model_config, tokenizer, mesh)
     tx, schedule = make_optimizer(c.optimizer, 100 * parts.updates_per_step)
     shardings = state_shardings(parts.abstract_params, tx, mesh, rules)
-    step = jax.jit(
-        make_train_step(parts.loss_fn, tx, schedule),
-        in_shardings=(shardings, batch_sharding(mesh), None),
-        out_shardings=(shardings, replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    step = jit_train_step(make_train_step(parts.loss_fn, tx, schedule), shardings, mesh)
     state = create_state(parts.init_params(shardings.params), tx, shardings, c.seed)
     frozen = parts.frozen(state.params)
     return parts, step, state, frozen
 
 
-def _case(algorithm: str, args) -> list[dict]:
+def _case(algorithm: str, args, config=None, tokenizer=None) -> list[dict]:
     import flax.linen as nn
 
     from jaxpt.sharding import DEFAULT_RULES, make_mesh, shard_batch
 
     mesh = make_mesh(-1, 1, 1)
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        return _iterations(algorithm, args, mesh, DEFAULT_RULES, shard_batch)
+        return _iterations(algorithm, args, mesh, DEFAULT_RULES, shard_batch, config, tokenizer)
 
 
-def _iterations(algorithm, args, mesh, rules, shard_batch) -> list[dict]:
-    parts, step, state, frozen = _setup(algorithm, mesh, rules)
+def _iterations(algorithm, args, mesh, rules, shard_batch, config=None, tokenizer=None) -> list[dict]:
+    config, tokenizer = (config, tokenizer) if config is not None else rl_config(algorithm)
+    parts, step, state, frozen = _setup(algorithm, mesh, rules, config, tokenizer)
     rollout_s, update_s, generate_s, rows = [], [], [], 0
     for i in range(1 + args.repeats):  # iteration 0 compiles
         t0 = time.perf_counter()
@@ -126,8 +140,8 @@ def _iterations(algorithm, args, mesh, rules, shard_batch) -> list[dict]:
             generate_s=med(generate_s),
             generation_share=med(generate_s) / med(iteration),
             rows=rows,
-            prompt_tokens=P,
-            new_tokens=N,
+            prompt_tokens=int(config.rollout.max_prompt_len),
+            new_tokens=int(config.rollout.max_new_tokens),
             updates_per_rollout=len(batches),
             median_s=med(iteration),
             min_s=min(iteration),
