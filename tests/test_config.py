@@ -44,3 +44,18 @@ def test_with_defaults_merges_sections_and_names_unknown_keys():
         with_defaults({"sub": {"z": 1}}, defaults, "rollout")
     with pytest.raises(ConfigError, match=r"'rollout.sub.xx'; did you mean 'rollout.sub.x'"):
         with_defaults(ConfigDict({"sub": {"xx": 1}}), defaults, "rollout")
+
+
+def test_a_scratch_model_keeps_nested_sections_of_its_config():
+    """``model.scratch`` is a config.json-style dict; a nested section (Llama 3's ``rope_scaling``) reaches the
+    ModelConfig as it would from a file (it was a ConfigDict that could not be frozen)."""
+    from jaxpt.models.factory import model_config_from
+    from jaxpt.training.defaults import model_config
+
+    rope = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0)
+    scratch = dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    scratch |= dict(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = model_config_from(
+        model_config(scratch=scratch | {"rope_scaling": rope | {"original_max_position_embeddings": 16}})
+    )
+    assert dict(config.rope_scaling)["rope_type"] == '"llama3"' and dict(config.rope_scaling)["factor"] == "8.0"

@@ -24,7 +24,9 @@ def model_config_from(cfg: ConfigDict, tokenizer: Any = None) -> ModelConfig:
     run = run_options(cfg)
     if cfg.get("path"):
         return ModelConfig.from_hf(cfg.path, **run)
-    hf = dict(cfg.scratch)
+    scratch = cfg.scratch
+    # to_dict: nested sections (Llama 3's rope_scaling) as plain dicts, as a config.json has them
+    hf = scratch.to_dict() if isinstance(scratch, ConfigDict) else dict(scratch)
     if tokenizer is not None:
         hf["vocab_size"] = len(tokenizer)
         hf["bos_token_id"] = tokenizer.bos_token_id
