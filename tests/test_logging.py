@@ -87,3 +87,17 @@ def test_disabled_writes_nothing(tmp_path):
     logger.close()
     logger.close()  # idempotent
     assert not (tmp_path / "run").exists()
+
+
+def test_a_later_writer_is_read_after_an_earlier_one(tmp_path, monkeypatch):
+    """TensorBoard reads event files in name order; writer number 9 and 10 of a process opened in one second
+    would sort "10" first. A new writer waits for the next second when its directory has a file of this one."""
+    from tensorboard.summary.writer import event_file_writer
+
+    from jaxpt.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    for step in (1, 2):
+        with SummaryWriter(tmp_path) as w:
+            w.scalar("x", float(step), step)
+    assert read_scalars(tmp_path)["x"] == [(1, 1.0), (2, 2.0)]

@@ -24,6 +24,7 @@ class SummaryWriter:
     def __init__(self, logdir: str | os.PathLike, flush_secs: int = 30, max_queue: int = 100):
         self.logdir = os.fspath(logdir)
         os.makedirs(self.logdir, exist_ok=True)
+        _after_existing_files(self.logdir)
         self._writer = EventFileWriter(self.logdir, max_queue_size=max_queue, flush_secs=flush_secs)
 
     def scalar(self, tag: str, value: float, step: int | None = None) -> None:
@@ -61,6 +62,19 @@ class SummaryWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _after_existing_files(logdir: str) -> None:
+    """Waits (under a second) until a new event file's name sorts after those already in ``logdir``: TensorBoard
+    reads files in name order, and names are ``<second>.<host>.<pid>.<writer count>``, so two writers opened in
+    one second sort by the count as text ("10" before "9") and a later writer's events could be read first."""
+    seconds = [
+        int(name.split(".")[3])
+        for name in os.listdir(logdir)
+        if name.startswith("events.out.tfevents.") and name.split(".")[3].isdigit()
+    ]
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(seconds) + 1 - time.time())
 
 
 def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
