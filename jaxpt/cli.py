@@ -152,6 +152,14 @@ def _cmd_plan(args: argparse.Namespace, rest: list[str]) -> int:
     return 2 if any(isinstance(p, DoesNotFit) for p in plans) else 0
 
 
+def _cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
+    from jaxpt.demo import run_demo
+
+    _reject_extra("demo", rest)
+    run_demo(args.workdir, preset=args.preset, examples=args.examples)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxpt", description="JAX-native LLM post-training")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error (or JAXPT_DEBUG=1)")
@@ -210,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="", help="TPU slice, e.g. v5e:4x4 (needs libtpu); default: this host")
     p.add_argument("--json", action="store_true", help="also print the plan as one JSON line")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("demo", help="SFT from scratch, then GRPO, on arithmetic: before/after table, curves, answers")
+    p.add_argument("--workdir", required=True, help="run directory (one sub-directory a stage; never overwritten)")
+    p.add_argument("--preset", default="", help="config preset of every stage, e.g. tiny (seconds, for tests)")
+    p.add_argument("--examples", type=int, default=8, help="held-out problems the final model answers")
+    p.set_defaults(func=_cmd_demo)
 
     for p in sub.choices.values():  # --debug also after the sub-command (SUPPRESS: absent, it keeps the global one)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
