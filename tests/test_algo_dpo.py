@@ -81,16 +81,15 @@ def _assert_trees_close(a, b, **tol):
         np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(path), **tol)
 
 
-def test_sharded_and_precomputed_match_single_device_rewards_rise_and_export(files, tmp_path):
+@pytest.fixture(scope="module")
+def three_runs(files, tmp_path_factory):
     """Three equivalent runs of 3 steps, each with the initial policy as reference:
 
     - one device, reference = the initial policy re-created by ``AlgorithmParts.frozen``, in-step forward;
     - mesh (2, 2, 2), the same weights given as ``dpo.reference_path``, in-step forward, held-out eval, export;
     - mesh data=8, reference log-probs precomputed before training, 2 accumulated micro-batches of 4 pairs.
     """
-    import torch
-    import transformers
-
+    tmp_path = tmp_path_factory.mktemp("dpo_runs")
     assert jax.device_count() == 8
     # Adam's first update is lr * g / (|g| + eps): with the default eps=1e-8, float noise (reduction order differs
     # across meshes) in gradients of ~1e-8 becomes parameter differences of ~lr / 50; eps=1e-6 keeps it ~1e-7.
@@ -113,6 +112,16 @@ def test_sharded_and_precomputed_match_single_device_rewards_rise_and_export(fil
         tmp_path, "dp8", files, *common, "mesh.data=8", "dpo.precompute_reference=True", "train.grad_accum_steps=2"
     )
     print("losses: single", single, "(2,2,2)", sharded, "data=8 precomputed+accum", pre)
+    return (
+        tmp_path,
+        result,
+        dict(single=(single, single_params), sharded=(sharded, sharded_params), pre=(pre, pre_params)),
+    )
+
+
+def test_sharded_and_precomputed_match_single_device_and_rewards_rise(files, three_runs):
+    tmp_path, result, runs = three_runs
+    (single, single_params), (sharded, sharded_params), (pre, pre_params) = runs["single"], runs["sharded"], runs["pre"]
     # MFU counts the reference forward when it runs in the step (train.peak_flops fixes the peak at 1e12)
     model_config, _ = load_hf(files["policy"])
     seq = tiny_config().data.seq_len
@@ -140,7 +149,15 @@ def test_sharded_and_precomputed_match_single_device_rewards_rise_and_export(fil
     np.testing.assert_allclose(before["loss"], np.log(2.0), rtol=1e-6)
     assert after["rewards/margin"] > 0.1 and after["rewards/accuracy"] > 0.8 and after["loss"] < before["loss"]
 
-    # The policy exports as a HF causal LM that transformers runs with the same logits.
+
+@pytest.mark.requires_torch
+def test_export_runs_in_transformers_with_the_same_logits(three_runs):
+    """The (2, 2, 2) run's policy exports as a HF causal LM that transformers runs with the same logits."""
+    import torch
+    import transformers
+
+    _, result, runs = three_runs
+    sharded_params = runs["sharded"][1]
     hf = transformers.AutoModelForCausalLM.from_pretrained(result["export_dir"]).eval()
     config, exported = load_hf(result["export_dir"])
     _assert_trees_close(exported, sharded_params, rtol=0, atol=0)

@@ -107,24 +107,40 @@ def files(tmp_path_factory):
     )
 
 
-def test_heldout_accuracy_rises_and_export_scores_match_transformers(files, tmp_path, monkeypatch):
-    import torch
-    import transformers
-
+@pytest.fixture(scope="module")
+def trained(files, tmp_path_factory):
+    """40 steps on mesh (data=4, tensor=2) from a random causal LM, with held-out eval and a HF export."""
     config = tiny_config(f"model.path={files['lm']}", "mesh.data=4", "mesh.tensor=2")
     config.data.train, config.data.eval = files["train"], files["eval"]
-    monkeypatch.setattr(loop, "Checkpointer", NoCheckpoints)
-    result = loop.train(config, str(tmp_path / "run"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "Checkpointer", NoCheckpoints)
+        result = loop.train(config, str(tmp_path_factory.mktemp("rm_run") / "run"))
+    return config, result
+
+
+def test_heldout_accuracy_rises_and_the_export_reloads_exactly(trained):
+    _, result = trained
     before, after = result["eval_before"], result["eval_after"]
     print("eval before", before, "\neval after ", after)
     assert after["rewards/accuracy"] >= 0.9 and after["rewards/accuracy"] > before["rewards/accuracy"] + 0.2
     assert after["rewards/margin"] > before["rewards/margin"] + 0.5 and after["loss"] < before["loss"]
 
-    # The export is a *ForSequenceClassification checkpoint that transformers scores exactly as we do.
+    # The export reloads as exactly the trained params, under the reward model's head.
     params = jax.device_get(result["state"].params)
-    model_config, exported = load_hf(result["export_dir"], head="score")
+    _, exported = load_hf(result["export_dir"], head="score")
     for x, y in zip(jax.tree.leaves(exported), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.requires_torch
+def test_export_scores_match_transformers(files, trained):
+    """The export is a *ForSequenceClassification checkpoint that transformers scores exactly as we do."""
+    import torch
+    import transformers
+
+    config, result = trained
+    params = jax.device_get(result["state"].params)
+    model_config, _ = load_hf(result["export_dir"], head="score")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(result["export_dir"]).eval()
     assert type(hf).__name__ == "LlamaForSequenceClassification"
     tok = build_char_tokenizer()

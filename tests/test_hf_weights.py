@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxpt.models.config import ModelConfig
+from jaxpt.models.decoder import init_params
 from jaxpt.models.hf import (
     WeightsError,
     export_architectures,
@@ -17,13 +18,16 @@ from jaxpt.models.hf import (
     save_hf,
     write_safetensors,
 )
-from tests.tiny_models import make_tiny_hf
+from tests.tiny_models import far_random_params, hf_config, make_tiny_hf
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
+    """The tiny Llama of the parity tests (``hf_config("llama")``) with random weights, written by ``save_hf``
+    (no torch: test_models_parity.py checks that transformers reads these files bit-identically)."""
     d = str(tmp_path_factory.mktemp("llama"))
-    make_tiny_hf("llama", d)
+    config = ModelConfig.from_hf(hf_config("llama").to_dict())
+    save_hf(config, far_random_params(lambda: init_params(config, jax.random.key(0)), 0), d)
     return d
 
 
@@ -42,6 +46,7 @@ def test_sharded_export_and_reload(llama_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
+@pytest.mark.requires_torch
 def test_bf16_roundtrip(llama_dir, tmp_path):
     config, params = load_hf(llama_dir, param_dtype="bfloat16")
     leaf = params["layers_0"]["attn"]["q"]["kernel"]
@@ -56,6 +61,7 @@ def test_bf16_roundtrip(llama_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
+@pytest.mark.requires_torch
 def test_export_keeps_the_source_architectures(tmp_path):
     """GPT-2's transformers class is GPT2LMHeadModel (there is no GPT2ForCausalLM): an export names what the
     source named, and a config without a usable name (scratch, GPT2Model, an old export) gets the real class."""

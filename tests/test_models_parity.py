@@ -4,13 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from jaxpt.generation.sampler import SamplingConfig, generate
 from jaxpt.models.decoder import Decoder, positions_from_mask
 from jaxpt.models.hf import load_hf, save_hf
 from tests.tiny_models import FAMILIES, VOCAB, make_tiny_hf
+
+pytestmark = pytest.mark.requires_torch
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -31,6 +32,8 @@ def _left_padded_batch(b=3, t=12, seed=0):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_logits_match_transformers(tiny, scan_layers):
+    import torch
+
     family, d, ref_model = tiny
     config, params = load_hf(d, scan_layers=scan_layers)
     tokens, mask = _left_padded_batch()
@@ -49,6 +52,8 @@ def test_logits_match_transformers(tiny, scan_layers):
 
 
 def test_export_roundtrip_identical(tiny, tmp_path):
+    import torch
+
     family, d, ref_model = tiny
     config, params = load_hf(d, scan_layers=family == "llama")  # export also works from scanned params
     out = str(tmp_path / "export")
@@ -62,6 +67,8 @@ def test_export_roundtrip_identical(tiny, tmp_path):
 
 
 def test_greedy_generation_matches_transformers(tiny):
+    import torch
+
     family, d, ref_model = tiny
     config, params = load_hf(d)
     tokens, mask = _left_padded_batch(t=8, seed=1)

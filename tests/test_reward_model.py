@@ -3,7 +3,6 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from jaxpt.models.decoder import positions_from_mask
@@ -11,9 +10,13 @@ from jaxpt.models.hf import load_hf, save_hf
 from jaxpt.models.reward import ScalarHeadModel
 from tests.tiny_models import VOCAB, hf_config
 
+pytestmark = pytest.mark.requires_torch
+
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
 def test_sequence_classification_roundtrip(family, tmp_path):
+    import torch
+
     torch.manual_seed(0)
     cfg = hf_config(family)
     cfg.num_labels = 1

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from jaxpt.cli import main as cli_main
@@ -202,7 +201,10 @@ def test_sft_drives_loss_down(tmp_path):
     assert after < 0.6 * before, (before, after)
 
 
+@pytest.mark.requires_torch
 def test_hf_in_sft_hf_out_roundtrip(tmp_path, tokenizer):
+    import torch
+
     torch.manual_seed(0)
     src = str(tmp_path / "hf")
     cfg = transformers.LlamaConfig(
