@@ -21,13 +21,14 @@ Deterministic (a fixed seed): the 15,050 problems are shuffled once and split, s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from make_arithmetic_data import write_jsonl  # noqa: E402  (beside this file)
 
 from jaxpt.demo import make_prompt, solve_prompt  # noqa: E402
 
@@ -45,13 +46,6 @@ def all_prompts(digits: int) -> list[str]:
             if a >= b:
                 out.append(make_prompt(a, "-", b, digits))
     return out
-
-
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows):5d} rows to {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
